@@ -1,0 +1,193 @@
+"""The second stage: box head, mask head, ROI sampling with targets, and detection output.
+
+Layer names follow matterport (`mrcnn_class_conv1`, `mrcnn_class_bn1`, ..., `mrcnn_mask`).
+`mrcnn_class_conv1` is a 7x7 valid convolution on the 7x7 pooled features: a fully connected
+layer in disguise, kept in that form so matterport's kernels load unchanged.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from casting.model import ops
+from casting.model.backbone import batch_norm
+from casting.model.rpn import random_subset
+
+PYRAMID_STRIDES = (4, 8, 16, 32)
+
+
+class BoxHead(keras.layers.Layer):
+    """Pooled ROI features [B, K, P, P, C] -> class logits [B, K, N], deltas [B, K, N, 4]."""
+
+    def __init__(self, num_classes: int, fc_size: int = 1024, pool_size: int = 7,
+                 train_bn: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.pool_size = pool_size
+        self.conv1 = layers.Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1")
+        self.bn1 = batch_norm("mrcnn_class_bn1", train_bn)
+        self.conv2 = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2")
+        self.bn2 = batch_norm("mrcnn_class_bn2", train_bn)
+        self.logits = layers.Dense(num_classes, name="mrcnn_class_logits",
+                                   kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
+        self.bbox = layers.Dense(4 * num_classes, name="mrcnn_bbox_fc",
+                                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.001))
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        p = self.pool_size
+        self.conv1.build((None, p, p, channels))
+        self.bn1.build((None, 1, 1, self.conv1.filters))
+        self.conv2.build((None, 1, 1, self.conv1.filters))
+        self.bn2.build((None, 1, 1, self.conv2.filters))
+        self.logits.build((None, self.conv2.filters))
+        self.bbox.build((None, self.conv2.filters))
+
+    def call(self, pooled, training=False):
+        batch, num = tf.shape(pooled)[0], tf.shape(pooled)[1]
+        p = self.pool_size
+        x = tf.reshape(pooled, [-1, p, p, pooled.shape[-1]])
+        x = tf.nn.relu(self.bn1(self.conv1(x), training=training))
+        x = tf.nn.relu(self.bn2(self.conv2(x), training=training))
+        x = tf.reshape(x, [-1, self.conv2.filters])
+        logits = tf.reshape(self.logits(x), [batch, num, self.num_classes])
+        deltas = tf.reshape(self.bbox(x), [batch, num, self.num_classes, 4])
+        return logits, deltas
+
+
+class MaskHead(keras.layers.Layer):
+    """Pooled ROI features [B, K, M, M, C] -> mask logits [B, K, 2M, 2M, N]."""
+
+    def __init__(self, num_classes: int, channels: int = 256, pool_size: int = 14,
+                 train_bn: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.pool_size = pool_size
+        self.convs = [layers.Conv2D(channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")
+                      for i in range(1, 5)]
+        self.bns = [batch_norm(f"mrcnn_mask_bn{i}", train_bn) for i in range(1, 5)]
+        self.deconv = layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
+                                             name="mrcnn_mask_deconv")
+        self.mask = layers.Conv2D(num_classes, 1, name="mrcnn_mask")
+
+    def build(self, input_shape):
+        m = self.pool_size
+        shape = (None, m, m, input_shape[-1])
+        for conv, bn in zip(self.convs, self.bns):
+            conv.build(shape)
+            shape = (None, m, m, conv.filters)
+            bn.build(shape)
+        self.deconv.build(shape)
+        self.mask.build((None, 2 * m, 2 * m, self.deconv.filters))
+
+    def call(self, pooled, training=False):
+        batch, num = tf.shape(pooled)[0], tf.shape(pooled)[1]
+        m = self.pool_size
+        x = tf.reshape(pooled, [-1, m, m, pooled.shape[-1]])
+        for conv, bn in zip(self.convs, self.bns):
+            x = tf.nn.relu(bn(conv(x), training=training))
+        x = self.mask(self.deconv(x))
+        return tf.reshape(x, [batch, num, 2 * m, 2 * m, self.num_classes])
+
+
+def sample_rois(proposals: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tensor, config):
+    """Choose the ROIs the heads train on, with their targets.
+
+    The ground-truth boxes join the proposals as candidates. The first
+    P = round(train_rois_per_image * roi_positive_ratio) slots hold positives (IoU >= 0.5 with
+    a ground truth), the rest negatives; slots left empty are marked invalid.
+
+    Returns a dict: rois [B, T, 4], class_ids [B, T] (0 for negatives), deltas [B, T, 4]
+    (std-scaled, to the matched box), gt_index [B, T] (matched ground truth), valid [B, T],
+    positive [B, T]; the positive slots are the first `num_positive_slots(config)`.
+    """
+    total = config.train_rois_per_image
+    num_pos = num_positive_slots(config)
+    candidates = tf.concat([proposals, gt_boxes], axis=1)  # [B, R + N, 4]
+    candidate_ok = ops.box_area(candidates) > 0.0
+    valid_gt = gt_class_ids > 0
+    iou = ops.pairwise_iou(candidates, gt_boxes)
+    iou = tf.where(valid_gt[:, None, :], iou, -1.0)
+    max_iou = tf.reduce_max(iou, axis=2)
+    matched = tf.argmax(iou, axis=2, output_type=tf.int32)
+    positive = candidate_ok & (max_iou >= config.roi_positive_iou)
+    negative = candidate_ok & (max_iou < config.roi_positive_iou)
+
+    pos_idx, pos_valid = random_subset(positive, num_pos)
+    neg_idx, neg_valid = random_subset(negative, total - num_pos)
+    index = tf.concat([pos_idx, neg_idx], axis=1)
+    is_pos = tf.concat([pos_valid, tf.zeros_like(neg_valid)], axis=1)
+    valid = tf.concat([pos_valid, neg_valid], axis=1)
+
+    rois = tf.gather(candidates, index, batch_dims=1)
+    rois = tf.where(valid[..., None], rois, 0.0)
+    gt_index = tf.gather(matched, index, batch_dims=1)
+    class_ids = tf.where(is_pos, tf.gather(gt_class_ids, gt_index, batch_dims=1), 0)
+    matched_boxes = tf.gather(gt_boxes, gt_index, batch_dims=1)
+    deltas = ops.encode_boxes(matched_boxes, rois, config.bbox_std_dev)
+    deltas = tf.where(is_pos[..., None], deltas, 0.0)
+    out = dict(rois=rois, class_ids=class_ids, deltas=deltas, gt_index=gt_index, valid=valid,
+               positive=is_pos)
+    return {k: tf.stop_gradient(v) for k, v in out.items()}
+
+
+def num_positive_slots(config) -> int:
+    return max(1, int(round(config.train_rois_per_image * config.roi_positive_ratio)))
+
+
+def mask_targets(gt_masks: tf.Tensor, rois: tf.Tensor, gt_index: tf.Tensor, size: int):
+    """Ground-truth masks [B, N, S, S] cropped to `rois` [B, K, 4] (their matched masks
+    `gt_index` [B, K]) and resampled to size x size at bin centres -> float {0, 1} [B, K, s, s]."""
+    batch, num_gt = tf.shape(gt_masks)[0], tf.shape(gt_masks)[1]
+    height, width = tf.shape(gt_masks)[2], tf.shape(gt_masks)[3]
+    num = tf.shape(rois)[1]
+    masks = tf.reshape(gt_masks, [-1, height, width, 1])
+    flat_rois = tf.reshape(rois, [-1, 4])
+    box_index = tf.reshape(tf.range(batch)[:, None] * num_gt + gt_index, [-1])
+    crop_boxes = ops.aligned_crop_boxes(flat_rois, 1.0, tf.shape(masks), size)
+    crops = tf.image.crop_and_resize(masks, crop_boxes, box_index, [size, size])
+    crops = tf.cast(crops[..., 0] >= 0.5, tf.float32)
+    return tf.stop_gradient(tf.reshape(crops, [batch, num, size, size]))
+
+
+def refine_detections(rois: tf.Tensor, class_logits: tf.Tensor, deltas: tf.Tensor,
+                      windows: tf.Tensor, config, min_confidence: float | None = None):
+    """Turn the box head's output on ROIs into final detections.
+
+    Each ROI gives a class-specific box and score for every foreground class; per-class NMS
+    (`detection_nms_threshold`), the score threshold and `detection_max_instances` follow.
+    `windows` [B, 4] are the image areas (y1, x1, y2, x2) boxes are clipped to.
+    Returns boxes [B, D, 4], scores [B, D], class_ids int32 [B, D] (1-based) and the number
+    of valid detections [B], with D = detection_max_instances.
+    """
+    threshold = config.detection_min_confidence if min_confidence is None else min_confidence
+    probs = tf.nn.softmax(class_logits)[..., 1:]  # [B, R, N-1]
+    roi_ok = ops.box_area(rois) > 0.0
+    probs = tf.where(roi_ok[..., None], probs, 0.0)
+    boxes = ops.decode_boxes(deltas[:, :, 1:], rois[:, :, None, :], config.bbox_std_dev)
+    w = windows[:, None, None, :]
+    boxes = tf.stack([
+        tf.clip_by_value(boxes[..., 0], w[..., 0], w[..., 2]),
+        tf.clip_by_value(boxes[..., 1], w[..., 1], w[..., 3]),
+        tf.clip_by_value(boxes[..., 2], w[..., 0], w[..., 2]),
+        tf.clip_by_value(boxes[..., 3], w[..., 1], w[..., 3]),
+    ], axis=-1)
+    # drop boxes that clipping squashed flat
+    probs = tf.where(ops.box_area(boxes) > 0.0, probs, 0.0)
+    max_det = config.detection_max_instances
+    nmsed_boxes, nmsed_scores, nmsed_classes, num_valid = tf.image.combined_non_max_suppression(
+        boxes, probs, max_output_size_per_class=max_det, max_total_size=max_det,
+        iou_threshold=config.detection_nms_threshold,
+        score_threshold=tf.maximum(tf.cast(threshold, tf.float32), 1e-6), pad_per_class=False, clip_boxes=False,
+    )
+    class_ids = tf.cast(nmsed_classes, tf.int32) + 1
+    valid = tf.range(max_det)[None, :] < num_valid[:, None]
+    class_ids = tf.where(valid, class_ids, 0)
+    return nmsed_boxes, nmsed_scores, class_ids, num_valid
+
+
+def pool(pyramid, boxes, size):
+    """ROI Align of [B, K, 4] boxes over P2..P5."""
+    return ops.multilevel_roi_align(list(pyramid[:4]), boxes, size, PYRAMID_STRIDES)
