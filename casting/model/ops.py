@@ -103,20 +103,29 @@ def nms_padded(boxes: tf.Tensor, scores: tf.Tensor, max_output: int, iou_thresho
     return tf.ensure_shape(padded, [max_output]), valid
 
 
+def pad_edges(feature: tf.Tensor) -> tf.Tensor:
+    """Replicate a map's border cells once on each side ([B, H+2, W+2, C]), so that samples
+    between the border and the first cell centre clamp to the border value instead of
+    reading crop_and_resize's zero extrapolation."""
+    return tf.pad(feature, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+
+
 def roi_align(feature: tf.Tensor, boxes: tf.Tensor, box_indices: tf.Tensor, stride: float,
               output_size: int, sampling_ratio: int = 2) -> tf.Tensor:
     """ROI Align on one feature map [B, H, W, C] for boxes [K, 4] (image pixels) of images
     `box_indices` [K]: each of the output_size^2 bins averages sampling_ratio^2 bilinear samples
     taken at sub-bin centres. Returns [K, output_size, output_size, C]."""
     samples = output_size * sampling_ratio
-    crop_boxes = aligned_crop_boxes(boxes, stride, tf.shape(feature), samples)
-    crops = tf.image.crop_and_resize(feature, crop_boxes, box_indices, [samples, samples])
+    padded = pad_edges(feature)
+    crop_boxes = aligned_crop_boxes(boxes, stride, tf.shape(padded), samples, offset=1.0)
+    crops = tf.image.crop_and_resize(padded, crop_boxes, box_indices, [samples, samples])
     if sampling_ratio > 1:
         crops = tf.nn.avg_pool2d(crops, sampling_ratio, sampling_ratio, "VALID")
     return crops
 
 
-def aligned_crop_boxes(boxes: tf.Tensor, stride: float, feature_shape, samples: int) -> tf.Tensor:
+def aligned_crop_boxes(boxes: tf.Tensor, stride: float, feature_shape, samples: int,
+                       offset: float = 0.0) -> tf.Tensor:
     """Normalised crop_and_resize boxes that sample each box at `samples` x `samples` evenly
     spaced bin centres.
 
@@ -124,15 +133,16 @@ def aligned_crop_boxes(boxes: tf.Tensor, stride: float, feature_shape, samples: 
     cell j covers image [j * stride, (j + 1) * stride) with its value at the cell centre
     (half-pixel convention). crop_and_resize samples from a box's top edge to its bottom edge
     inclusive, in array-index units normalised by (size - 1), so the box is moved onto the
-    first and last bin centres.
+    first and last bin centres. `offset` is the number of cells of padding the map was given
+    on its top and left (see pad_edges); `feature_shape` is the padded map's shape.
     """
     fh = tf.cast(feature_shape[1], boxes.dtype)
     fw = tf.cast(feature_shape[2], boxes.dtype)
     scaled = boxes / stride
     step_y = (scaled[..., 2] - scaled[..., 0]) / samples
     step_x = (scaled[..., 3] - scaled[..., 1]) / samples
-    y_first = scaled[..., 0] + 0.5 * step_y - 0.5
-    x_first = scaled[..., 1] + 0.5 * step_x - 0.5
+    y_first = scaled[..., 0] + 0.5 * step_y - 0.5 + offset
+    x_first = scaled[..., 1] + 0.5 * step_x - 0.5 + offset
     y_last = y_first + step_y * (samples - 1)
     x_last = x_first + step_x * (samples - 1)
     return tf.stack([

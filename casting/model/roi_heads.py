@@ -143,10 +143,10 @@ def mask_targets(gt_masks: tf.Tensor, rois: tf.Tensor, gt_index: tf.Tensor, size
     batch, num_gt = tf.shape(gt_masks)[0], tf.shape(gt_masks)[1]
     height, width = tf.shape(gt_masks)[2], tf.shape(gt_masks)[3]
     num = tf.shape(rois)[1]
-    masks = tf.reshape(gt_masks, [-1, height, width, 1])
+    masks = ops.pad_edges(tf.reshape(gt_masks, [-1, height, width, 1]))
     flat_rois = tf.reshape(rois, [-1, 4])
     box_index = tf.reshape(tf.range(batch)[:, None] * num_gt + gt_index, [-1])
-    crop_boxes = ops.aligned_crop_boxes(flat_rois, 1.0, tf.shape(masks), size)
+    crop_boxes = ops.aligned_crop_boxes(flat_rois, 1.0, tf.shape(masks), size, offset=1.0)
     crops = tf.image.crop_and_resize(masks, crop_boxes, box_index, [size, size])
     crops = tf.cast(crops[..., 0] >= 0.5, tf.float32)
     return tf.stop_gradient(tf.reshape(crops, [batch, num, size, size]))
