@@ -1,0 +1,194 @@
+"""tf.data input pipeline: records -> batch dicts for the model (docs/design.md "Batches").
+
+Per image: read and decode the file (in-graph), fetch its masks from the record (one small
+`numpy_function`: masks are decoded from the annotation or RLE on demand), resize keeping
+the aspect so the longer side is `config.image_size`, augment (training), zero-pad
+bottom/right to a square, recompute boxes from the masks, drop instances that vanished,
+pad to `config.max_gt_instances`. Parallel map, batch, prefetch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from casting.data.augment import augment as _augment
+from casting.data.records import DatasetRecords
+
+log = logging.getLogger("casting.data")
+
+# How many images had more instances than max_gt_instances (counted across pipelines).
+truncation_stats = {"images": 0, "instances_dropped": 0}
+_stats_lock = threading.Lock()
+
+
+def resized_shape(height, width, size):
+    """(new_h, new_w, scale) with scale = size / max(h, w); works on ints or tensors."""
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    scale = tf.cast(size, tf.float32) / tf.maximum(h, w)
+    nh = tf.clip_by_value(tf.cast(tf.round(h * scale), tf.int32), 1, size)
+    nw = tf.clip_by_value(tf.cast(tf.round(w * scale), tf.int32), 1, size)
+    return nh, nw, scale
+
+
+def _resize(image, nh, nw, method="bilinear"):
+    """Antialiased bilinear for images; "area" (pixel coverage) for masks."""
+    same = tf.logical_and(tf.equal(tf.shape(image)[0], nh), tf.equal(tf.shape(image)[1], nw))
+    return tf.cond(
+        same, lambda: image,
+        lambda: tf.image.resize(image, tf.stack([nh, nw]), method=method,
+                                antialias=method == "bilinear"))
+
+
+def _pad(x, size):
+    h, w = tf.shape(x)[0], tf.shape(x)[1]
+    return tf.pad(x, [[0, size - h], [0, size - w], [0, 0]])
+
+
+def preprocess_image(image, size: int):
+    """Resize an HxWx3 image keeping its aspect (longer side = size), pad bottom/right.
+
+    Returns (float32 [size, size, 3], scale). NumPy in -> NumPy out (scale a float);
+    tensors in -> tensors out. The training pipeline uses the same ops.
+    """
+    as_numpy = isinstance(image, np.ndarray)
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank != 3:
+        raise ValueError(f"expected an HxWxC image, got shape {image.shape}")
+    if image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif image.shape[-1] == 4:
+        image = image[..., :3]
+    image = tf.cast(image, tf.float32)
+    nh, nw, scale = resized_shape(tf.shape(image)[0], tf.shape(image)[1], size)
+    out = _pad(_resize(image, nh, nw), size)
+    out = tf.ensure_shape(out, [size, size, 3])
+    if as_numpy:
+        return out.numpy(), float(scale.numpy())
+    return out, scale
+
+
+def _boxes_from_masks(masks):
+    """masks [S, S, K] bool -> boxes float32 [K, 4] (y1, x1, y2, x2 exclusive), areas [K]."""
+    size = tf.shape(masks)[0]
+    rows = tf.reduce_any(masks, axis=1)  # [S, K]
+    cols = tf.reduce_any(masks, axis=0)  # [S, K]
+    y1 = tf.argmax(tf.cast(rows, tf.int32), axis=0, output_type=tf.int32)
+    y2 = size - tf.argmax(tf.cast(tf.reverse(rows, [0]), tf.int32), axis=0,
+                          output_type=tf.int32)
+    x1 = tf.argmax(tf.cast(cols, tf.int32), axis=0, output_type=tf.int32)
+    x2 = size - tf.argmax(tf.cast(tf.reverse(cols, [0]), tf.int32), axis=0,
+                          output_type=tf.int32)
+    boxes = tf.cast(tf.stack([y1, x1, y2, x2], axis=1), tf.float32)
+    areas = tf.reduce_sum(tf.cast(masks, tf.int32), axis=[0, 1])
+    return boxes, areas
+
+
+def _instance_loader(ds: DatasetRecords, max_instances: int):
+    records = ds.records
+
+    def load(index):
+        rec = records[int(index)]
+        insts = [inst for inst in rec.instances if not inst.iscrowd]
+        if len(insts) > max_instances:
+            with _stats_lock:
+                truncation_stats["images"] += 1
+                truncation_stats["instances_dropped"] += len(insts) - max_instances
+            log.warning("%s: %d instances, keeping the first %d (max_gt_instances)",
+                        rec.image_path, len(insts), max_instances)
+            insts = insts[:max_instances]
+        # One extra all-zero channel so that K=0 images flow through the same ops.
+        masks = np.zeros((rec.height, rec.width, len(insts) + 1), dtype=np.uint8)
+        for k, inst in enumerate(insts):
+            if inst.mask.shape != (rec.height, rec.width):
+                raise ValueError(f"{rec.image_path}: mask shape {inst.mask.shape} differs "
+                                 f"from the image size {(rec.height, rec.width)}")
+            masks[..., k] = inst.mask
+        class_ids = np.array([inst.class_id for inst in insts], dtype=np.int32)
+        return masks, class_ids
+
+    return load
+
+
+def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | None = None,
+                 input_context: tf.distribute.InputContext | None = None,
+                 repeat: bool | None = None) -> tf.data.Dataset:
+    """A tf.data.Dataset of batch dicts (see docs/design.md "Batches").
+
+    training=True: shuffled (seeded by config.seed), augmented when config.augment,
+    repeated, incomplete final batch dropped. training=False: file order, no augmentation,
+    no repeat, final partial batch kept. `repeat` overrides the repeat choice.
+    `input_context` shards the file list per input pipeline before anything is decoded.
+    `batch_size` (default config.batch_size) is the batch this pipeline yields.
+    """
+    if not ds.records:
+        raise ValueError("make_dataset: the dataset has no images")
+    size = int(config.image_size)
+    max_n = int(config.max_gt_instances)
+    batch_size = int(batch_size or config.batch_size)
+    repeat = training if repeat is None else repeat
+    do_augment = bool(training and config.augment)
+    seed = int(config.seed)
+
+    paths = [r.image_path for r in ds.records]
+    files = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(paths), dtype=np.int64), np.array(paths, dtype=object).astype(str)))
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        seed += input_context.input_pipeline_id  # different shuffles per worker
+    if training:
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        files = files.repeat()
+    files = files.enumerate()  # example counter -> per-example augmentation seed
+
+    load_np = _instance_loader(ds, max_n)
+
+    def load(counter, item):
+        index, path = item
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        masks, class_ids = tf.numpy_function(load_np, [index], [tf.uint8, tf.int32],
+                                             stateful=False)
+        masks = tf.ensure_shape(masks, [None, None, None])
+        class_ids = tf.ensure_shape(class_ids, [None])
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        tf.debugging.assert_equal(
+            tf.shape(masks)[:2], tf.shape(image)[:2],
+            message=tf.strings.join(["image size differs from its annotation: ", path]))
+        nh, nw, scale = resized_shape(height, width, size)
+        image = _resize(tf.cast(image, tf.float32), nh, nw)
+        # a mask pixel is set where the instance covers at least half of it
+        masks = _resize(tf.cast(masks, tf.float32), nh, nw, method="area")
+        masks = tf.cast(masks >= 0.5, tf.float32)
+        if do_augment:
+            image, masks = _augment(image, masks, tf.stack([tf.constant(seed, tf.int64),
+                                                            counter]))
+        image = tf.ensure_shape(_pad(image, size), [size, size, 3])
+        masks = _pad(masks, size)[..., :-1] > 0.5  # drop the extra channel
+        boxes, areas = _boxes_from_masks(masks)
+        keep = tf.where(areas > 0)[:, 0]  # instances that vanished are dropped
+        boxes = tf.gather(boxes, keep)
+        class_ids = tf.gather(class_ids, keep)
+        masks = tf.transpose(tf.gather(masks, keep, axis=2), [2, 0, 1])
+        n = tf.shape(keep)[0]
+        pad = max_n - n
+        return {
+            "image": image,
+            "gt_boxes": tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]]), [max_n, 4]),
+            "gt_class_ids": tf.ensure_shape(tf.pad(class_ids, [[0, pad]]), [max_n]),
+            "gt_masks": tf.ensure_shape(
+                tf.pad(tf.cast(masks, tf.uint8), [[0, pad], [0, 0], [0, 0]]),
+                [max_n, size, size]),
+            "num_instances": n,
+            "image_info": tf.stack([tf.cast(height, tf.float32), tf.cast(width, tf.float32),
+                                    scale, 0.0]),
+        }
+
+    data = files.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    data = data.batch(batch_size, drop_remainder=bool(training),
+                      num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE)
