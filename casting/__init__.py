@@ -1,0 +1,1 @@
+"""Mask R-CNN for casting defects: configuration, data, model, training and serving."""
