@@ -53,7 +53,7 @@ class Config:
     backbone_strides: tuple[int, ...] = (4, 8, 16, 32, 64)
     rpn_anchor_scales: tuple[int, ...] = (16, 32, 64, 128, 256)
     rpn_anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    rpn_conv_channels: int = 512
+    rpn_conv_channels: int = 256
     rpn_train_anchors_per_image: int = 256
     rpn_positive_iou: float = 0.7
     rpn_negative_iou: float = 0.3

@@ -1,0 +1,364 @@
+"""Hyperparameters for ``train.py``, parsed tolerantly from what SageMaker sends.
+
+The ``sagemaker-training`` toolkit turns each hyperparameter into ``--name value``. The
+value may arrive as:
+
+* a plain string or number as text: ``--epochs 3``, ``--learning-rate 1e-3``;
+* a JSON-encoded string (notebooks that ``json.dumps`` values first): ``--epochs "\\"3\\""``;
+* ``True`` / ``False`` (Python's ``str(bool)``);
+* JSON (``[{"epochs": 2}]``) or a Python repr (``{'a': 1}``, the generic ``Estimator``
+  sends ``str(v)``).
+
+Both ``--learning-rate`` and ``--learning_rate`` spellings are accepted (``--name=value``
+too). An unknown name is an error that lists the valid ones. ``python train.py --help``
+documents every hyperparameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter name or value is not valid."""
+
+
+# ---------------------------------------------------------------------------------------
+# value coercion
+# ---------------------------------------------------------------------------------------
+def _unwrap(value: Any) -> Any:
+    """Strip JSON string encodings: ``'"\\"0.01\\""'`` -> ``'0.01'``."""
+    for _ in range(8):
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+            try:
+                decoded = json.loads(text) if text[0] == '"' else ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                return text
+            if decoded == value:
+                return decoded
+            value = decoded
+            continue
+        return text
+    return value
+
+
+def _structured(value: Any) -> Any:
+    """JSON first, then a Python literal (``{'a': 1}``, ``[1, 2]``, ``True``)."""
+    value = _unwrap(value)
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    return value
+
+
+def to_bool(value: Any) -> bool:
+    value = _unwrap(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "y", "on"):
+        return True
+    if text in ("false", "0", "no", "n", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r} (use True or False)")
+
+
+def to_float(value: Any) -> float:
+    value = _unwrap(value)
+    if isinstance(value, bool):
+        raise ValueError(f"not a number: {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number: {value!r}") from None
+    if math.isnan(out) or math.isinf(out):
+        raise ValueError(f"not a finite number: {value!r}")
+    return out
+
+
+def to_int(value: Any) -> int:
+    value = _unwrap(value)
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        pass
+    out = to_float(value)
+    if not out.is_integer():
+        raise ValueError(f"not an integer: {value!r}")
+    return int(out)
+
+
+def to_str(value: Any) -> str:
+    value = _unwrap(value)
+    return str(value)
+
+
+def to_optional_str(value: Any) -> str | None:
+    value = _unwrap(value)
+    if value is None or str(value).strip().lower() in ("", "none", "null"):
+        return None
+    return str(value)
+
+
+def to_str_list(value: Any) -> list[str] | None:
+    value = _structured(value)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [str(_unwrap(item)).strip() for item in value]
+    else:
+        raise ValueError(f"not a list of names: {value!r}")
+    items = [item for item in items if item]
+    if not items:
+        raise ValueError(f"empty list of names: {value!r}")
+    return items
+
+
+def to_dict(value: Any) -> dict[str, Any]:
+    value = _structured(value)
+    if value is None or value == "":
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"not a JSON object / dict: {value!r}")
+    return {str(k): v for k, v in value.items()}
+
+
+def to_schedule(value: Any) -> list[dict[str, Any]]:
+    value = _structured(value)
+    if value is None or value == "" or value == []:
+        return []
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"not a list of stages: {value!r}")
+    stages = []
+    for stage in value:
+        stage = _structured(stage)
+        if not isinstance(stage, dict):
+            raise ValueError(f"a stage must be an object like {{\"epochs\": 2}}, not {stage!r}")
+        stages.append(dict(stage))
+    return stages
+
+
+# ---------------------------------------------------------------------------------------
+# the hyperparameters
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Spec:
+    name: str  # with underscores
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+    group: str = "training"
+
+
+def _s(name, convert, default, help, group="training") -> Spec:
+    return Spec(name, convert, default, help, group)
+
+
+LAYER_CHOICES = "heads, 3+, 4+, 5+, all"
+
+SPECS: tuple[Spec, ...] = (
+    # data ------------------------------------------------------------------------------
+    _s("train", to_optional_str, None,
+       "Training data folder (Supervisely or COCO, detected). Default: $SM_CHANNEL_TRAIN; "
+       "neither given -> the embedded synthetic dataset.", "data"),
+    _s("validation", to_optional_str, None,
+       "Validation data folder. Default: $SM_CHANNEL_VALIDATION; neither given -> a "
+       "deterministic split of the training data (--val-fraction).", "data"),
+    _s("weights", to_optional_str, None,
+       "Folder of the optional 'weights' channel (default $SM_CHANNEL_WEIGHTS): our model "
+       "folder or one .h5 file, used as --init-weights when that is not given.", "data"),
+    _s("class_names", to_str_list, None,
+       "Class names in id order (JSON list or comma-separated). Default: the dataset's.",
+       "data"),
+    _s("val_fraction", to_float, 0.2,
+       "Share of the training images held out for validation when there is no "
+       "validation channel.", "data"),
+    _s("synthetic_images", to_int, 24,
+       "Number of images in the embedded synthetic dataset (used when no data is given).",
+       "data"),
+    _s("on_data_error", to_str, "raise",
+       "'raise': a broken dataset stops training with the check report; 'skip': leave out "
+       "broken images with a warning.", "data"),
+    # model -----------------------------------------------------------------------------
+    _s("init_weights", to_str, "imagenet",
+       "Initial weights: none | imagenet (Keras ResNet50, from the Keras cache or "
+       "downloaded) | a path or s3:// URI of our model folder or .weights.h5 | a matterport "
+       ".h5 (loaded by layer name; mismatched heads skipped and listed).", "model"),
+    _s("image_size", to_int, None, "Square input size in pixels (multiple of 64). Default 512.",
+       "model"),
+    _s("config", to_dict, {},
+       "Any other Config fields as a JSON object / dict, e.g. "
+       "'{\"detection_min_confidence\": 0.5}'.", "model"),
+    # schedule --------------------------------------------------------------------------
+    _s("epochs", to_int, None, "Number of epochs (ignored when --schedule is given). "
+       "Default 10."),
+    _s("steps_per_epoch", to_int, None, "Training steps (batches) per epoch. Default 100."),
+    _s("validation_steps", to_int, None, "Validation batches after each epoch. Default 10."),
+    _s("batch_size", to_int, None, "Images per batch (per replica). Default 2."),
+    _s("learning_rate", to_float, None, "Base learning rate (SGD). Default 0.01."),
+    _s("momentum", to_float, None, "SGD momentum. Default 0.9."),
+    _s("weight_decay", to_float, None, "Decoupled weight decay (not on biases or "
+       "BatchNorm). Default 1e-4."),
+    _s("gradient_clip_norm", to_float, None, "Clip gradients to this global norm "
+       "(0: off). Default 5.0."),
+    _s("warmup_steps", to_int, None, "Linear learning-rate warm-up over the first N steps. "
+       "Default 100."),
+    _s("layers", to_str, None, f"Layers to train without a schedule: {LAYER_CHOICES}. "
+       "Default all."),
+    _s("schedule", to_schedule, [],
+       "Training stages, run in order, e.g. '[{\"epochs\": 20, \"layers\": \"heads\", "
+       "\"lr\": 0.001}, {\"epochs\": 40, \"layers\": \"all\", \"lr\": 0.0001}]'. "
+       "'epochs' is the number of epochs in that stage; 'layers' and 'lr' default to "
+       "--layers and --learning-rate."),
+    _s("augment", to_bool, None, "Random flips / photometric augmentation. Default True."),
+    _s("seed", to_int, None, "Random seed. Default 42."),
+    # checkpoints -----------------------------------------------------------------------
+    _s("checkpoint_every_steps", to_int, None, "Also checkpoint every N steps "
+       "(0: only at epoch ends). Default 200.", "checkpoints"),
+    _s("keep_checkpoints", to_int, None, "Keep the newest K checkpoints. Default 3.",
+       "checkpoints"),
+    _s("resume", to_bool, True, "Resume from the newest valid checkpoint in "
+       "--checkpoint-dir.", "checkpoints"),
+    # evaluation ------------------------------------------------------------------------
+    _s("eval_every_epochs", to_int, 0, "Also run COCO evaluation every N epochs "
+       "(0: only after training).", "evaluation"),
+    _s("eval_max_images", to_int, 0, "Evaluate on at most N validation images (0: all).",
+       "evaluation"),
+    _s("overlays", to_int, 4, "Number of prediction overlays (PNG) written to the output "
+       "data folder.", "evaluation"),
+    _s("saved_model", to_bool, True, "Also export a TF SavedModel into the model folder "
+       "(False: weights and config only; faster).", "evaluation"),
+    # paths -----------------------------------------------------------------------------
+    _s("model_dir", to_optional_str, None, "Where the trained model goes. Default "
+       "$SM_MODEL_DIR. An s3:// value (the TensorFlow estimator's) is ignored.", "paths"),
+    _s("output_data_dir", to_optional_str, None, "evaluation.json, history.csv, overlays. "
+       "Default $SM_OUTPUT_DATA_DIR.", "paths"),
+    _s("checkpoint_dir", to_optional_str, None, "Checkpoints. Default /opt/ml/checkpoints.",
+       "paths"),
+    _s("tensorboard_dir", to_optional_str, None, "TensorBoard logs. Default "
+       "/opt/ml/output/tensorboard.", "paths"),
+)
+
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+
+# Hyperparameter names that map 1:1 onto Config fields.
+CONFIG_FIELDS = (
+    "image_size", "epochs", "steps_per_epoch", "validation_steps", "batch_size",
+    "learning_rate", "momentum", "weight_decay", "gradient_clip_norm", "warmup_steps",
+    "layers", "schedule", "augment", "seed", "checkpoint_every_steps", "keep_checkpoints",
+    "class_names",
+)
+
+
+def valid_names() -> list[str]:
+    return [spec.name for spec in SPECS]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage and exit(2)
+        raise HyperparameterError(f"{message}; valid hyperparameters: {', '.join(valid_names())}")
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="Train Mask R-CNN (ResNet50-FPN) on casting defects, SageMaker "
+        "script mode. Every option accepts '-' or '_' in its name; values may be JSON-"
+        "encoded strings, True/False, or Python reprs, as SageMaker sends them.",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups: dict[str, Any] = {}
+    for spec in SPECS:
+        group = groups.get(spec.group)
+        if group is None:
+            group = groups[spec.group] = parser.add_argument_group(spec.group)
+        flags = [f"--{spec.name.replace('_', '-')}"]
+        if "_" in spec.name:
+            flags.append(f"--{spec.name}")
+        default_text = "" if spec.default in (None, [], {}) else f" (default: {spec.default})"
+        group.add_argument(*flags, dest=spec.name, default=None, metavar="VALUE",
+                           help=spec.help + default_text)
+    return parser
+
+
+@dataclass
+class Hyperparameters:
+    values: dict[str, Any]
+    given: frozenset[str]  # names given explicitly on the command line
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def config_overrides(self) -> dict[str, Any]:
+        """Config field changes: ``--config`` first, then the explicit simple flags."""
+        out = dict(self.values.get("config") or {})
+        for name in CONFIG_FIELDS:
+            if name in self.given:
+                out[name] = self.values[name]
+        return out
+
+
+def parse_hyperparameters(argv: Sequence[str] | None = None) -> Hyperparameters:
+    """Parse and convert; raises HyperparameterError naming the option and valid names."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        names = [u.split("=", 1)[0] for u in unknown if u.startswith("-")] or unknown
+        raise HyperparameterError(
+            f"unknown hyperparameter(s) {names}; valid names: {', '.join(valid_names())} "
+            "(either '-' or '_' spelling)"
+        )
+    values: dict[str, Any] = {}
+    given = set()
+    for spec in SPECS:
+        raw = getattr(namespace, spec.name)
+        if raw is None:
+            values[spec.name] = spec.default
+            continue
+        given.add(spec.name)
+        try:
+            values[spec.name] = spec.convert(raw)
+        except ValueError as exc:
+            flag = "--" + spec.name.replace("_", "-")
+            raise HyperparameterError(f"{flag}: {exc}") from None
+    if values["on_data_error"] not in ("raise", "skip"):
+        raise HyperparameterError(
+            f"--on-data-error must be 'raise' or 'skip', not {values['on_data_error']!r}")
+    if not 0.0 <= values["val_fraction"] < 1.0:
+        raise HyperparameterError("--val-fraction must be in [0, 1)")
+    for name in ("synthetic_images", "eval_every_epochs", "eval_max_images", "overlays"):
+        if values[name] < 0:
+            raise HyperparameterError(f"--{name.replace('_', '-')} must be >= 0")
+    return Hyperparameters(values=values, given=frozenset(given))

@@ -1,0 +1,247 @@
+"""train.py end to end: the real sagemaker-training toolkit, real signals, real files.
+
+Small but real: Mask R-CNN with narrow heads on 64x64 synthetic castings, batch 1.
+"""
+
+import csv
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from casting.metrics import METRIC_DEFINITIONS, parse_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+SMALL = {
+    "fpn_channels": 32, "rpn_conv_channels": 32, "fc_layers_size": 64,
+    "pre_nms_limit": 500, "post_nms_rois_training": 64, "post_nms_rois_inference": 64,
+    "train_rois_per_image": 32, "detection_max_instances": 10, "max_gt_instances": 10,
+    "detection_min_confidence": 0.0, "validation_steps": 1, "warmup_steps": 2,
+}
+
+
+def _env(base=None):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONUNBUFFERED"] = "1"
+    for key in list(env):
+        if key.startswith("SM_"):
+            del env[key]
+    if base is not None:
+        env["SAGEMAKER_BASE_DIR"] = str(base)
+    return env
+
+
+def _synthetic(out, count=6, seed=3):
+    from casting.data.synthetic import write_synthetic
+
+    return write_synthetic(str(out), count=count, seed=seed, fmt="supervisely", size=64)[0]
+
+
+class Proc:
+    """A subprocess whose output is collected line by line in the background."""
+
+    def __init__(self, args, env, cwd):
+        self.lines = []
+        self.p = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self):
+        return "".join(self.lines)
+
+    def wait_for(self, predicate, timeout=300):
+        end = time.time() + timeout
+        while time.time() < end:
+            if predicate():
+                return True
+            if self.p.poll() is not None:
+                return predicate()
+            time.sleep(0.005)
+        return False
+
+    def finish(self, timeout=400):
+        try:
+            rc = self.p.wait(timeout=timeout)
+        finally:
+            if self.p.poll() is None:
+                self.p.kill()
+        self._t.join(10)
+        return rc
+
+
+def _train(args, tmp, base=None):
+    return Proc([sys.executable, str(ROOT / "train.py"), *args], _env(base), tmp)
+
+
+def test_toolkit_entry_point_trains_with_json_encoded_hyperparameters(tmp_path):
+    base = tmp_path / "opt" / "ml"
+    config_dir = base / "input" / "config"
+    config_dir.mkdir(parents=True)
+    _synthetic(base / "input" / "data" / "train")
+    (base / "code").mkdir()
+    shutil.copy(ROOT / "train.py", base / "code" / "train.py")
+    hps = {  # as SageMaker stores them: strings, some JSON-encoded twice, a str(dict)
+        "sagemaker_program": json.dumps("train.py"),
+        "epochs": json.dumps(json.dumps("2")),
+        "steps-per-epoch": "2",
+        "batch_size": json.dumps(1),
+        "image_size": "64",
+        "learning-rate": json.dumps("0.005"),
+        "augment": "False",
+        "init_weights": json.dumps("none"),
+        "checkpoint_every_steps": "0",
+        "overlays": "2",
+        "config": str(SMALL),
+    }
+    (config_dir / "hyperparameters.json").write_text(json.dumps(hps))
+    (config_dir / "resourceconfig.json").write_text(
+        json.dumps({"current_host": "localhost", "hosts": ["localhost"]}))
+    (config_dir / "inputdataconfig.json").write_text(json.dumps(
+        {"train": {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"}}))
+
+    proc = Proc([str(VENV_BIN / "train")], _env(base), tmp_path)
+    rc = proc.finish(timeout=500)
+    log = proc.text
+    assert rc == 0, log[-4000:]
+    # the model folder, in the format serve.py loads
+    model_dir = base / "model"
+    saved = json.loads((model_dir / "config.json").read_text())
+    assert saved["image_size"] == 64 and saved["fpn_channels"] == 32
+    assert saved["learning_rate"] == 0.005 and saved["augment"] is False and saved["epochs"] == 2
+    assert saved["class_names"] == ["disk", "holes", "chipping", "deburring"]
+    assert (model_dir / "model.weights.h5").stat().st_size > 0
+    assert (model_dir / "saved_model" / "saved_model.pb").is_file()
+    # checkpoints (one per epoch end here)
+    ckpts = sorted(p.name for p in (base / "checkpoints").iterdir())
+    assert ckpts == ["ckpt-0000000002", "ckpt-0000000004"]
+    # evaluation, history, overlays, TensorBoard
+    out = base / "output" / "data"
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    for kind in ("bbox", "segm"):
+        for key in ("AP", "AP50", "AP75", "AP_small", "per_class"):
+            assert key in evaluation[kind]
+        assert set(evaluation[kind]["per_class"]) == set(saved["class_names"])
+    assert evaluation["epochs"] == 2 and evaluation["global_step"] == 4
+    with open(out / "history.csv") as fh:
+        history = list(csv.DictReader(fh))
+    assert [row["epoch"] for row in history] == ["1", "2"]
+    assert len(glob.glob(str(out / "overlays" / "*.png"))) >= 1
+    assert glob.glob(str(base / "output" / "tensorboard" / "train" / "events.out.tfevents.*"))
+    assert not (base / "output" / "failure").exists()
+    # logs: verbose=2 lines and one [eval] line, read back with the metric definitions
+    assert "\r" not in log
+    metrics = parse_metrics(log, METRIC_DEFINITIONS)
+    assert metrics["loss"] == pytest.approx([float(r["loss"]) for r in history], rel=1e-3)
+    assert metrics["val_loss"] == pytest.approx([float(r["val_loss"]) for r in history],
+                                                rel=1e-3)
+    assert metrics["segm_AP"] == [pytest.approx(evaluation["segm"]["AP"], abs=1e-5)]
+    assert metrics["bbox_AP50"] == [pytest.approx(evaluation["bbox"]["AP50"], abs=1e-5)]
+
+
+def test_broken_dataset_and_bad_hyperparameter_fail_with_a_reason(tmp_path):
+    data = Path(_synthetic(tmp_path / "data", count=3))
+    ann = sorted(data.rglob("ann/*.json"))[0]
+    ann.write_text("{not json")
+    base = tmp_path / "opt" / "ml"
+    base.mkdir(parents=True)
+    proc = _train(["--train", str(data), "--image-size", "64", "--init-weights", "none"],
+                  tmp_path, base)
+    assert proc.finish(timeout=300) == 1
+    failure = (base / "output" / "failure").read_text()
+    assert failure.startswith("DatasetError") and ann.name in failure
+    assert ann.name in proc.text  # the whole check report is in the log
+    assert not (base / "model").exists() or not os.listdir(base / "model")
+    assert not glob.glob(str(base / "checkpoints" / "ckpt-*"))
+
+    (base / "output" / "failure").unlink()
+    proc = _train(["--epochz", "3"], tmp_path, base)
+    assert proc.finish(timeout=120) == 1
+    failure = (base / "output" / "failure").read_text()
+    assert "--epochz" in failure and "steps_per_epoch" in failure
+
+
+def _ckpt_state(path):
+    return json.loads((Path(path) / "state.json").read_text())
+
+
+def test_sigkill_while_saving_then_sigterm_mid_epoch_then_resume_to_the_end(tmp_path):
+    base = tmp_path / "opt" / "ml"
+    base.mkdir(parents=True)
+    ckpt_dir = base / "checkpoints"
+    spe = 3
+    args = ["--image-size", "64", "--batch-size", "1", "--epochs", "2", "--steps-per-epoch",
+            str(spe), "--checkpoint-every-steps", "1", "--init-weights", "none", "--synthetic-images",
+            "5", "--augment", "False", "--saved-model", "False", "--overlays", "0",
+            "--config", json.dumps(SMALL)]
+
+    # 1. SIGKILL while the second checkpoint is being written
+    proc = _train(args, tmp_path, base)
+
+    def writing_second():
+        if not ckpt_dir.is_dir():
+            return False
+        names = os.listdir(ckpt_dir)
+        return "ckpt-0000000001" in names and any(n.startswith(".tmp-ckpt-") for n in names)
+
+    assert proc.wait_for(writing_second, timeout=400), proc.text[-3000:]
+    proc.p.send_signal(signal.SIGKILL)
+    assert proc.finish() == -signal.SIGKILL
+    partial = [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp-ckpt-")]
+    assert partial, "the kill should have interrupted a checkpoint write"
+    assert "ckpt-0000000002" not in os.listdir(ckpt_dir)
+
+    # 2. restart: skips the partial write, resumes from ckpt 1; SIGTERM in epoch 2
+    proc = _train(args, tmp_path, base)
+    assert proc.wait_for(lambda: "global step 4" in proc.text, timeout=400), proc.text[-3000:]
+    proc.p.send_signal(signal.SIGTERM)
+    rc = proc.finish()
+    log = proc.text
+    assert rc == 0, log[-3000:]
+    assert f"skipping partial checkpoint write {ckpt_dir / partial[0]}" in log
+    assert f"Resuming from checkpoint {ckpt_dir / 'ckpt-0000000001'}: epoch 1, step 1" in log
+    assert "Received signal 15" in log and "Checkpoint (stop signal)" in log
+    newest = sorted(glob.glob(str(ckpt_dir / "ckpt-*")))[-1]
+    state = _ckpt_state(newest)
+    assert state["epoch"] == 1 and 1 <= state["step_in_epoch"] < spe  # mid epoch 2
+    assert state["global_step"] == spe + state["step_in_epoch"]
+    assert [row["epoch"] for row in state["history"]] == [1]
+    assert len(glob.glob(str(ckpt_dir / "ckpt-*"))) == 3  # keep_checkpoints default
+    assert not (base / "model" / "model.weights.h5").exists()
+    assert not [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp-")]
+
+    # 3. restart: resumes at that epoch and step, runs only the rest, finishes 2 epochs
+    proc = _train(args, tmp_path, base)
+    rc = proc.finish(timeout=500)
+    log = proc.text
+    assert rc == 0, log[-3000:]
+    step = state["step_in_epoch"]
+    assert f"epoch 2, step {step} of {spe}" in log
+    assert f"Resuming epoch 2 at step {step + 1} ({spe - step} steps left)" in log
+    assert f"{spe - step}/{spe - step} - " in log  # the short first fit
+    assert "Epoch 1/2" not in log  # not from scratch
+    final = _ckpt_state(sorted(glob.glob(str(ckpt_dir / "ckpt-*")))[-1])
+    assert (final["epoch"], final["step_in_epoch"], final["global_step"]) == (2, 0, 2 * spe)
+    evaluation = json.loads((base / "output" / "data" / "evaluation.json").read_text())
+    assert evaluation["epochs"] == 2 and evaluation["global_step"] == 2 * spe
+    with open(base / "output" / "data" / "history.csv") as fh:
+        assert [row["epoch"] for row in csv.DictReader(fh)] == ["1", "2"]
+    assert (base / "model" / "model.weights.h5").is_file()
+    assert "[eval] epoch=2 " in log

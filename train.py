@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""SageMaker script-mode training of Mask R-CNN (ResNet50-FPN) on casting defects.
+
+Run by the ``sagemaker-training`` toolkit (or the image's ``train`` launcher, which execs
+this script so that SIGTERM reaches it), or by hand::
+
+    python train.py                                   # embedded synthetic dataset
+    python train.py --train ../shared/data/casting-real --epochs 10 --init-weights imagenet
+
+See ``docs/training.md`` and ``python train.py --help``. In short:
+
+* hyperparameters are parsed tolerantly (``casting.hparams``);
+* data: channels ``train`` / ``validation`` (Supervisely or COCO), else the synthetic set;
+* checkpoints every N steps and at epoch ends, atomically; the newest valid one is resumed
+  (weights, optimizer, epoch, step, stage, random state); SIGTERM checkpoints and exits 0;
+* outputs: the model folder (``SM_MODEL_DIR``), ``evaluation.json`` + ``history.csv`` +
+  overlays (``SM_OUTPUT_DATA_DIR``), TensorBoard logs, one ``[eval]`` metrics line per
+  evaluation; any exception writes a short reason to the failure file and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+
+log = logging.getLogger("train")
+
+# Config fields that change the network's variables: a checkpoint saved with other values
+# cannot be restored into this model.
+ARCHITECTURE_FIELDS = (
+    "class_names", "backbone", "fpn_channels", "rpn_anchor_ratios", "rpn_conv_channels",
+    "pool_size", "mask_pool_size", "mask_shape", "fc_layers_size", "train_bn",
+)
+
+
+def _setup_logging() -> None:
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except AttributeError:  # pragma: no cover - not a TextIOWrapper
+        pass
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _path(value: str | None, fallback: str, what: str) -> str:
+    if value and value.startswith("s3://"):
+        log.warning("ignoring %s=%s (an S3 URI; writing to %s, which SageMaker uploads)",
+                    what, value, fallback)
+        return fallback
+    return os.path.abspath(value) if value else fallback
+
+
+def _write_json(path: str, data) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def _load_data(hp, config_overrides, on_error):
+    """(train records, validation records, description)."""
+    from casting.data import load_dataset, split_records
+
+    seed = int(config_overrides.get("seed", 42))
+    class_names = hp.class_names
+    if hp.train:
+        print(f"Loading training data from {hp.train}", flush=True)
+        train = load_dataset(hp.train, class_names=class_names, on_error=on_error)
+        source = hp.train
+    else:
+        from casting.data.synthetic import generate_records
+
+        size = int(config_overrides.get("image_size", 512))
+        out_dir = tempfile.mkdtemp(prefix="casting-synthetic-")
+        print(f"No training data given: generating {hp.synthetic_images} synthetic castings "
+              f"({size}x{size}, seed {seed}) in {out_dir}", flush=True)
+        train = generate_records(hp.synthetic_images, seed=seed, size=size, out_dir=out_dir)
+        source = "synthetic"
+    if hp.validation:
+        print(f"Loading validation data from {hp.validation}", flush=True)
+        val = load_dataset(hp.validation, class_names=train.class_names, on_error=on_error)
+    elif hp.val_fraction > 0 and len(train) >= 2:
+        train, val = split_records(train, hp.val_fraction, seed)
+        print(f"No validation channel: held out {len(val)} of {len(train) + len(val)} images "
+              f"(val_fraction {hp.val_fraction}, seed {seed})", flush=True)
+    else:
+        val = train
+        log.warning("no validation data: validating and evaluating on the training images")
+    if len(train) == 0:
+        raise ValueError("the training set is empty")
+    return train, val, source
+
+
+def _check_resumable(saved: dict, config) -> None:
+    now = config.to_dict()
+    bad = [name for name in ARCHITECTURE_FIELDS
+           if name in saved and json.dumps(saved[name]) != json.dumps(now[name])]
+    if bad:
+        raise RuntimeError(
+            f"the checkpoint was trained with different {bad} "
+            f"({ {k: saved[k] for k in bad} } vs { {k: now[k] for k in bad} }); use another "
+            "--checkpoint-dir or --resume False")
+    changed = sorted(k for k in now if k in saved and json.dumps(saved[k]) != json.dumps(now[k]))
+    if changed:
+        log.warning("resuming with changed hyperparameters: %s", changed)
+
+
+def _overlays(kept, class_names, out_dir) -> list[str]:
+    try:
+        from casting.visualize import draw_detections, save_png
+    except ImportError:
+        log.warning("casting.visualize is not available: no overlays written")
+        return []
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for rec, image, det in kept:
+        drawn = draw_detections(image, boxes=det["boxes"], class_ids=det["class_ids"],
+                                scores=det["scores"], masks=det["masks"],
+                                class_names=class_names, box_format="yxyx")
+        stem = os.path.splitext(os.path.basename(rec.image_id))[0]
+        path = os.path.join(out_dir, f"{stem}.png")
+        save_png(drawn, path)
+        written.append(path)
+    return written
+
+
+def run(hp, env, terminate) -> int:
+    """Train, evaluate, export. Returns the exit code (0 also after a stop signal)."""
+    from casting.config import Config
+    from casting.evaluation import evaluate_model, flat_metrics
+    from casting.metrics import format_eval_line
+    from casting.training import (CheckpointManager, Plan, ScalarSummaries, TrainState,
+                                  TrainingLoop,
+                                  build_optimizer_for_all_layers, make_optimizer,
+                                  repeat_if_finite, seed_everything, select_strategy,
+                                  total_steps_text, write_history_csv)
+
+    started = time.time()
+    channels = env.channels
+    hp.values["train"] = hp.train or channels.get("train")
+    hp.values["validation"] = hp.validation or channels.get("validation")
+    weights_channel = hp.weights or channels.get("weights")
+    model_dir = _path(hp.model_dir, env.model_dir, "model_dir")
+    output_dir = _path(hp.output_data_dir, env.output_data_dir, "output_data_dir")
+    checkpoint_dir = _path(hp.checkpoint_dir, env.checkpoint_dir, "checkpoint_dir")
+    tensorboard_dir = _path(hp.tensorboard_dir, env.tensorboard_dir, "tensorboard_dir")
+    for folder in (output_dir, checkpoint_dir, tensorboard_dir):
+        os.makedirs(folder, exist_ok=True)
+
+    overrides = hp.config_overrides()
+    base = Config()
+    seed = int(overrides.get("seed", base.seed))
+    overrides.setdefault("seed", seed)
+    overrides.setdefault("image_size", base.image_size)
+
+    # ---- data (a broken dataset stops here, with the check report) ---------------------
+    train_records, val_records, source = _load_data(hp, overrides, hp.on_data_error)
+    overrides["class_names"] = tuple(train_records.class_names)
+    config = base.replace(**overrides)
+    plan = Plan.from_config(config)
+    print(f"Data: {source}: {len(train_records)} training / {len(val_records)} validation "
+          f"images; classes {list(config.class_names)}", flush=True)
+    print(f"Schedule: {plan.describe()}; {total_steps_text(plan)}; batch {config.batch_size}",
+          flush=True)
+
+    # ---- model ---------------------------------------------------------------------------
+    seed_everything(config.seed)
+    manager = CheckpointManager(checkpoint_dir, keep=config.keep_checkpoints)
+    latest = manager.latest_valid() if hp.resume else None
+    strategy = select_strategy(env)
+    from casting.model import MaskRCNN, save_model_dir
+
+    with strategy.scope():
+        model = MaskRCNN(config)
+        # MaskRCNN adds weight decay as an L2 loss on its kernels: not again in SGD.
+        optimizer = make_optimizer(config, plan, decoupled_weight_decay=False)
+        model.compile(optimizer=optimizer)
+        build_optimizer_for_all_layers(model, optimizer, plan.stage_for_epoch(0).layers)
+
+    if latest is not None:
+        path, saved = latest
+        _check_resumable(saved.config, config)
+        state = manager.restore(path, model, optimizer)
+        print(f"Resuming from checkpoint {path}: epoch {state.epoch + 1}, step "
+              f"{state.step_in_epoch} of {plan.steps_per_epoch} (global step "
+              f"{state.global_step}, stage {state.stage + 1})", flush=True)
+    else:
+        from casting.model.weights import load_init_weights
+
+        spec = hp.init_weights
+        if "init_weights" not in hp.given and weights_channel:
+            spec = weights_channel
+        print(f"Starting from scratch; initial weights: {spec}", flush=True)
+        report = load_init_weights(model, spec)
+        print(report.summary(), flush=True)
+        state = TrainState(seed=config.seed)
+    # Random weights with frozen BatchNorm diverge: start them from one batch's statistics.
+    calibrate = latest is None and str(spec).lower() == "none"
+    state.config = config.to_dict()
+    manager.cleanup_partial()
+
+    from casting.data.pipeline import make_dataset
+
+    # A resumed run draws a different (still deterministic) data order than the first.
+    data_config = config.replace(seed=config.seed + state.global_step)
+    train_data = repeat_if_finite(make_dataset(train_records, data_config, training=True))
+    val_data = repeat_if_finite(make_dataset(val_records, config, training=False))
+    if calibrate:
+        model.calibrate_batchnorm(next(iter(train_data)))
+        print("Calibrated the frozen BatchNorm statistics on one training batch", flush=True)
+    validation_steps = max(1, min(config.validation_steps,
+                                  math.ceil(len(val_records) / config.batch_size)))
+
+    history_csv = os.path.join(output_dir, "history.csv")
+
+    def evaluate(epoch: int, final: bool):
+        metrics, kept = evaluate_model(
+            model, val_records.records, config.class_names, max_images=hp.eval_max_images,
+            should_stop=terminate.is_set, keep_images=hp.overlays if final else 0)
+        print(format_eval_line({"epoch": epoch, **flat_metrics(metrics)}), flush=True)
+        return metrics, kept
+
+    def on_epoch_end(st):
+        every = hp.eval_every_epochs
+        if every and st.epoch % every == 0 and st.epoch < plan.total_epochs:
+            evaluate(st.epoch, final=False)
+
+    extra = [ScalarSummaries(tensorboard_dir)] if env.is_chief else []
+    loop = TrainingLoop(
+        model, plan, state, manager if env.is_chief else None, terminate=terminate,
+        checkpoint_every_steps=config.checkpoint_every_steps, history_csv=history_csv,
+        validation_steps=validation_steps, extra_callbacks=extra, on_epoch_end=on_epoch_end,
+        verbose=2)
+    for callback in extra:
+        callback.loop = loop
+    if state.epoch >= plan.total_epochs:
+        print(f"Training already complete ({state.epoch} epochs): evaluating and exporting",
+              flush=True)
+    loop.run(train_data, val_data)
+    if loop.interrupted:
+        print(f"Stopped by signal at epoch {state.epoch + 1} step {state.step_in_epoch}; "
+              "the checkpoint is saved, a restart resumes from it.", flush=True)
+        return 0
+    write_history_csv(state.history, history_csv)
+
+    # ---- evaluation + outputs -------------------------------------------------------------
+    try:
+        metrics, kept = evaluate(state.epoch, final=True)
+    except InterruptedError:
+        print("Stopped by signal during the final evaluation; a restart redoes it.", flush=True)
+        return 0
+    metrics.update({
+        "epochs": state.epoch, "global_step": state.global_step,
+        "class_names": list(config.class_names), "data": source,
+        "train_images": len(train_records), "evaluated_images": metrics["num_images"],
+        "training_seconds": round(time.time() - started, 1),
+    })
+    _write_json(os.path.join(output_dir, "evaluation.json"), metrics)
+    overlays = _overlays(kept, config.class_names, os.path.join(output_dir, "overlays"))
+    print(f"Wrote {output_dir}/evaluation.json, history.csv and {len(overlays)} overlays",
+          flush=True)
+    if env.is_chief:
+        save_model_dir(model, model_dir, saved_model=hp.saved_model)
+        print(f"Saved the model to {model_dir}", flush=True)
+    print(f"Done in {time.time() - started:.0f}s: segm AP {metrics['segm']['AP']}, "
+          f"bbox AP {metrics['bbox']['AP']}", flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    _setup_logging()
+    from casting.hparams import parse_hyperparameters
+    from casting.sagemaker import SageMakerEnv, write_failure
+    failure_file = None
+    try:
+        env = SageMakerEnv.from_env()
+        failure_file = env.failure_file
+        hp = parse_hyperparameters(argv)  # --help prints and exits 0 here
+        from casting.training import TerminationFlag  # imports TensorFlow
+
+        terminate = TerminationFlag().install()
+        return run(hp, env, terminate)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure must be reported
+        log.exception("training failed")
+        if failure_file:
+            try:
+                text = write_failure(failure_file, exc)
+                print(f"Failure reason written to {failure_file}: {text}", flush=True)
+            except OSError as write_exc:
+                log.error("cannot write the failure file %s: %s", failure_file, write_exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
