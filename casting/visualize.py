@@ -1,0 +1,177 @@
+"""Detections drawn over an image: translucent masks, box outlines and "class score" labels.
+
+Pure numpy + PIL. ``draw_detections`` returns a new uint8 HxWx3 array (the input is not
+modified); ``to_png_bytes`` / ``save_png`` encode it. Each class keeps one colour across
+images (a fixed palette indexed by class id), so overlays from different runs compare.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["PALETTE", "class_color", "draw_detections", "to_png_bytes", "save_png"]
+
+# Distinct, saturated colours (RGB); class id i uses PALETTE[(i - 1) % len(PALETTE)].
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+)
+
+
+def class_color(class_id: int) -> tuple[int, int, int]:
+    return PALETTE[(max(int(class_id), 1) - 1) % len(PALETTE)]
+
+
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[..., :3]
+    if image.dtype != np.uint8:
+        image = np.clip(np.rint(image.astype(np.float64)), 0, 255).astype(np.uint8)
+    return np.array(image, copy=True)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # older Pillow without sized default font
+        return ImageFont.load_default()
+
+
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray | Sequence[Sequence[float]] | None = None,
+    class_ids: Sequence[int] | np.ndarray | None = None,
+    scores: Sequence[float] | np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    *,
+    box_format: str = "xyxy",
+    mask_alpha: float = 0.45,
+    line_width: int | None = None,
+    show_labels: bool = True,
+) -> np.ndarray:
+    """Draw K detections over ``image`` and return a new uint8 HxWx3 array.
+
+    boxes: [K, 4] in original pixels, ``box_format`` "xyxy" (x1, y1, x2, y2) or "yxyx"
+    (the model's y1, x1, y2, x2); far edges exclusive. class_ids: 1-based. masks: [K, H, W]
+    booleans. Any of boxes / masks may be None; K comes from whichever is given.
+    """
+    out = _as_rgb_uint8(image)
+    height, width = out.shape[:2]
+    boxes_arr = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if boxes_arr is not None and box_format == "yxyx":
+        boxes_arr = boxes_arr[:, [1, 0, 3, 2]]
+    elif boxes_arr is not None and box_format != "xyxy":
+        raise ValueError(f"box_format must be 'xyxy' or 'yxyx', not {box_format!r}")
+    masks_arr = None if masks is None else np.asarray(masks).astype(bool, copy=False)
+    if masks_arr is not None:
+        if masks_arr.ndim != 3 or masks_arr.shape[1:] != (height, width):
+            raise ValueError(
+                f"masks must be [K, {height}, {width}] for this image, got {masks_arr.shape}"
+            )
+    count = (
+        len(boxes_arr) if boxes_arr is not None else (len(masks_arr) if masks_arr is not None else 0)
+    )
+    if boxes_arr is not None and masks_arr is not None and len(masks_arr) != count:
+        raise ValueError(f"{count} boxes but {len(masks_arr)} masks")
+    ids = [1] * count if class_ids is None else [int(c) for c in np.asarray(class_ids).reshape(-1)]
+    if len(ids) != count:
+        raise ValueError(f"{count} detections but {len(ids)} class ids")
+    score_list = None if scores is None else [float(s) for s in np.asarray(scores).reshape(-1)]
+    if score_list is not None and len(score_list) != count:
+        raise ValueError(f"{count} detections but {len(score_list)} scores")
+    if count == 0:
+        return out
+
+    # Masks: blend each instance's colour into its pixels (largest first so small ones stay
+    # visible on top), then darken the mask outline for contrast.
+    if masks_arr is not None:
+        work = out.astype(np.float32)
+        order = np.argsort([-int(m.sum()) for m in masks_arr])
+        for k in order:
+            m = masks_arr[k]
+            if not m.any():
+                continue
+            color = np.array(class_color(ids[k]), dtype=np.float32)
+            work[m] = work[m] * (1.0 - mask_alpha) + color * mask_alpha
+            edge = m & ~_erode(m)
+            work[edge] = color * 0.6
+        out = np.clip(np.rint(work), 0, 255).astype(np.uint8)
+
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    lw = line_width or max(1, round(min(height, width) / 300))
+    font = _font(max(10, min(24, round(min(height, width) / 40))))
+    for k in range(count):
+        color = class_color(ids[k])
+        if boxes_arr is not None:
+            x1, y1, x2, y2 = boxes_arr[k]
+        else:
+            ys, xs = np.nonzero(masks_arr[k])
+            if ys.size == 0:
+                continue
+            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        x1 = float(np.clip(x1, 0, width - 1))
+        y1 = float(np.clip(y1, 0, height - 1))
+        x2 = float(np.clip(x2 - 1, x1, width - 1))
+        y2 = float(np.clip(y2 - 1, y1, height - 1))
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=lw)
+        if not show_labels:
+            continue
+        name = (
+            class_names[ids[k] - 1]
+            if class_names is not None and 1 <= ids[k] <= len(class_names)
+            else str(ids[k])
+        )
+        label = name if score_list is None else f"{name} {score_list[k]:.2f}"
+        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), label, font=font)
+        tw, th = tx1 - tx0 + 4, ty1 - ty0 + 4
+        lx = min(max(0.0, x1), max(0.0, width - tw))
+        ly = y1 - th if y1 - th >= 0 else min(y1 + lw, max(0.0, height - th))
+        draw.rectangle([lx, ly, lx + tw, ly + th], fill=color)
+        text_color = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
+        draw.text((lx + 2 - tx0, ly + 2 - ty0), label, fill=text_color, font=font)
+    return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """4-neighbour binary erosion (pixels outside the image count as background)."""
+    p = np.pad(mask, 1, mode="constant")
+    return p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+
+
+def to_png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(_as_rgb_uint8(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a PNG atomically (temporary file in the same folder, then rename)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(to_png_bytes(image))
+    os.replace(tmp, path)
