@@ -31,7 +31,7 @@ import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import h5py
 import numpy as np
@@ -387,10 +387,11 @@ def save_matterport_h5(model: Any, path: str | os.PathLike) -> str:
                 wnames.append(wname.encode("utf-8"))
             if name in RPN_LAYERS:
                 rpn_names.extend(wnames)
-                group.attrs["weight_names"] = rpn_names
+                group.attrs["weight_names"] = np.array(rpn_names, dtype="S")
             else:
-                group.attrs["weight_names"] = wnames
-        f.attrs["layer_names"] = [n.encode("utf-8") for n in layer_names]
+                group.attrs["weight_names"] = np.array(wnames, dtype="S")
+        # fixed-length byte strings, as Keras 2's save_weights writes them
+        f.attrs["layer_names"] = np.array([n.encode("utf-8") for n in layer_names], dtype="S")
     os.replace(tmp, path)
     return path
 
@@ -575,11 +576,11 @@ def load_model_weights(
 
         file_config = Config.load(config_path)
     exclude = list(exclude or ())
+    shape_fields = ("num_classes", "backbone", "fpn_channels", "rpn_conv_channels",
+                    "fc_layers_size", "pool_size", "mask_pool_size", "anchors_per_location")
     same = file_config is None or (
         own_config is not None
-        and file_config.num_classes == own_config.num_classes
-        and file_config.backbone == own_config.backbone
-        and file_config.fpn_channels == own_config.fpn_channels
+        and all(getattr(file_config, f) == getattr(own_config, f) for f in shape_fields)
     )
     if same and not exclude:
         _ensure_built(model)

@@ -1,0 +1,493 @@
+"""matterport's `model` module (`from mrcnn import model as modellib`) on our Keras 3 model.
+
+    model = modellib.MaskRCNN(mode="training", config=config, model_dir=MODEL_DIR)
+    model.load_weights(COCO_MODEL_PATH, by_name=True,
+                       exclude=["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"])
+    model.train(dataset_train, dataset_val, learning_rate=config.LEARNING_RATE,
+                epochs=1, layers="heads")
+    model.train(dataset_train, dataset_val, learning_rate=config.LEARNING_RATE / 10,
+                epochs=2, layers="all")
+
+    model = modellib.MaskRCNN(mode="inference", config=inference_config, model_dir=MODEL_DIR)
+    model.load_weights(model.find_last(), by_name=True)
+    r = model.detect([image], verbose=1)[0]     # rois, class_ids, scores, masks [H, W, N]
+
+The network is `casting.model.MaskRCNN` (reachable as `.keras_model`); the user's
+`utils.Dataset` is fed to it through a tf.data generator that resizes images and masks the
+way the model's own pipeline does. Checkpoints are written in matterport's `.h5` layout and
+naming (`<model_dir>/<name><YYYYmmddTHHMM>/mask_rcnn_<name>_<epoch>.h5`), so `find_last()`,
+continuing from the last epoch and going back to matterport all work as before.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import logging
+import os
+import re
+
+import numpy as np
+
+from mrcnn import utils
+
+logger = logging.getLogger(__name__)
+
+# matterport's layer groups as regular expressions over layer names (re.fullmatch).
+LAYER_REGEX = {
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "3+": r"(res3.*)|(bn3.*)|(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "4+": r"(res4.*)|(bn4.*)|(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "5+": r"(res5.*)|(bn5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "all": ".*",
+}
+
+IMGAUG_NUMPY2_NOTE = (
+    "imgaug (last release 0.4.0, 2020) uses NumPy aliases removed in NumPy 2 (np.bool, "
+    "np.sctypes), so it usually fails to import next to TensorFlow 2.21, which needs NumPy 2. "
+    "Pass a callable instead: augmentation(image, masks) -> (image, masks), with image "
+    "[H, W, 3] uint8 and masks [H, W, N] bool."
+)
+
+
+def log(text, array=None):
+    """Print `text`, and the shape / range of `array` if given (matterport's helper)."""
+    if array is not None:
+        text = text.ljust(25)
+        array = np.asarray(array)
+        if array.size:
+            text += f"shape: {str(array.shape):20}  min: {array.min():10.5f}  max: {array.max():10.5f}"
+        else:
+            text += f"shape: {str(array.shape):20}  min: {'':10}  max: {'':10}"
+        text += f"  {array.dtype}"
+    print(text)
+
+
+def imgaug_status() -> tuple[bool, str]:
+    """(importable, message) for imgaug, with the reason it usually is not."""
+    try:
+        import imgaug  # noqa: F401
+    except Exception as exc:  # ImportError, AttributeError on NumPy 2
+        return False, f"imgaug cannot be imported ({type(exc).__name__}: {exc}). {IMGAUG_NUMPY2_NOTE}"
+    return True, "imgaug imported"
+
+
+# ------------------------------------------------------------------------------------------
+# Image helpers with matterport's names
+# ------------------------------------------------------------------------------------------
+def mold_image(images, config):
+    """RGB -> RGB minus the mean pixel, float32 (what the network sees)."""
+    return np.asarray(images).astype(np.float32) - np.asarray(config.MEAN_PIXEL, np.float32)
+
+
+def unmold_image(normalized_images, config):
+    return (np.asarray(normalized_images) + np.asarray(config.MEAN_PIXEL)).astype(np.uint8)
+
+
+def compose_image_meta(image_id, original_image_shape, image_shape, window, scale,
+                       active_class_ids):
+    return np.array(
+        [image_id] + list(original_image_shape) + list(image_shape) + list(window) + [scale]
+        + list(active_class_ids)
+    )
+
+
+def parse_image_meta(meta):
+    meta = np.asarray(meta)
+    return {
+        "image_id": meta[:, 0].astype(np.int32),
+        "original_image_shape": meta[:, 1:4].astype(np.int32),
+        "image_shape": meta[:, 4:7].astype(np.int32),
+        "window": meta[:, 7:11].astype(np.int32),
+        "scale": meta[:, 11].astype(np.float32),
+        "active_class_ids": meta[:, 12:].astype(np.int32),
+    }
+
+
+def _augment(image, masks, augmentation):
+    """Apply `augmentation` to the image and its [H, W, N] masks together."""
+    module = type(augmentation).__module__ or ""
+    if module.startswith("imgaug"):
+        import imgaug
+
+        mask_augmenters = {"Sequential", "SomeOf", "OneOf", "Sometimes", "Fliplr", "Flipud",
+                           "CropAndPad", "Affine", "PiecewiseAffine"}
+
+        def hook(images, augmenter, parents, default):
+            return augmenter.__class__.__name__ in mask_augmenters
+
+        det = augmentation.to_deterministic()
+        shape, mshape = image.shape, masks.shape
+        image = det.augment_image(image)
+        masks = det.augment_image(masks.astype(np.uint8),
+                                  hooks=imgaug.HooksImages(activator=hook))
+        if image.shape != shape or masks.shape != mshape:
+            raise ValueError("augmentation changed the image or mask shape")
+        return image, masks.astype(bool)
+    if not callable(augmentation):
+        ok, message = imgaug_status()
+        raise TypeError(
+            f"augmentation {augmentation!r} is neither callable nor an imgaug augmenter. "
+            + (message if not ok else "Pass a callable (image, masks) -> (image, masks).")
+        )
+    out = augmentation(image, masks)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError("an augmentation callable must return (image, masks)")
+    image, masks = np.asarray(out[0]), np.asarray(out[1])
+    if masks.ndim == 2:
+        masks = masks[:, :, None]
+    if image.shape[:2] != masks.shape[:2]:
+        raise ValueError(
+            f"augmentation returned image {image.shape[:2]} and masks {masks.shape[:2]}: "
+            "they must stay the same size"
+        )
+    return image, masks.astype(bool)
+
+
+def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=False):
+    """(image, image_meta, class_ids, boxes, masks) for one dataset image, resized and padded
+    to the model's square input (masks [S, S, N] bool, boxes in those pixels)."""
+    image = dataset.load_image(image_id)
+    masks, class_ids = dataset.load_mask(image_id)
+    masks = np.asarray(masks).astype(bool)
+    if masks.ndim == 2:
+        masks = masks[:, :, None]
+    class_ids = np.asarray(class_ids, dtype=np.int32).reshape(-1)
+    original_shape = image.shape
+    if augmentation is not None:
+        image, masks = _augment(image, masks, augmentation)
+    side = int(config.IMAGE_SHAPE[0])
+    image, window, scale, padding, crop = utils.resize_image(image, max_dim=side)
+    masks = utils.resize_mask(masks, scale, padding, crop) if masks.shape[-1] else np.zeros(
+        (side, side, 0), bool)
+    keep = np.where(np.sum(masks, axis=(0, 1)) > 0)[0]
+    masks, class_ids = masks[:, :, keep], class_ids[keep]
+    boxes = utils.extract_bboxes(masks)
+    active = np.zeros([dataset.num_classes], dtype=np.int32)
+    source_ids = dataset.source_class_ids[dataset.image_info[image_id]["source"]]
+    active[source_ids] = 1
+    meta = compose_image_meta(image_id, original_shape, image.shape, window, scale, active)
+    return image, meta, class_ids, boxes, masks
+
+
+# ------------------------------------------------------------------------------------------
+# Feeding a utils.Dataset to the model
+# ------------------------------------------------------------------------------------------
+def _example(dataset, image_id, side, max_instances, num_classes, augmentation, rng):
+    image = np.asarray(dataset.load_image(image_id))
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    image = image[:, :, :3]
+    masks, class_ids = dataset.load_mask(image_id)
+    masks = np.asarray(masks).astype(bool)
+    if masks.ndim == 2:
+        masks = masks[:, :, None]
+    class_ids = np.asarray(class_ids, dtype=np.int32).reshape(-1)
+    if masks.shape[-1] != class_ids.shape[0]:
+        raise ValueError(
+            f"load_mask({image_id}) returned {masks.shape[-1]} masks but {class_ids.shape[0]} "
+            "class ids"
+        )
+    if class_ids.size and (class_ids.min() < 0 or class_ids.max() >= num_classes):
+        raise ValueError(
+            f"load_mask({image_id}) returned class ids {sorted(set(class_ids.tolist()))}; the "
+            f"model has NUM_CLASSES = {num_classes} (ids 1..{num_classes - 1}, 0 = background)"
+        )
+    height, width = image.shape[:2]
+    if masks.shape[-1] and masks.shape[:2] != (height, width):
+        raise ValueError(
+            f"load_mask({image_id}) returned masks of {masks.shape[:2]} for an image of "
+            f"{(height, width)}"
+        )
+    if augmentation is not None:
+        image, masks = _augment(image, masks, augmentation)
+        height, width = image.shape[:2]
+    resized, _window, scale, padding, _ = utils.resize_image(image.astype(np.uint8), max_dim=side)
+    if masks.shape[-1]:
+        masks = utils.resize_mask(masks, scale, padding)
+    else:
+        masks = np.zeros((side, side, 0), bool)
+    keep = np.where((np.sum(masks, axis=(0, 1)) > 0) & (class_ids > 0))[0]
+    if keep.size > max_instances:
+        keep = np.sort(rng.choice(keep, max_instances, replace=False))
+    masks, class_ids = masks[:, :, keep], class_ids[keep]
+    n = len(keep)
+    boxes = utils.extract_bboxes(masks).astype(np.float32) if n else np.zeros((0, 4), np.float32)
+    out_boxes = np.zeros((max_instances, 4), np.float32)
+    out_ids = np.zeros((max_instances,), np.int32)
+    out_masks = np.zeros((max_instances, side, side), np.uint8)
+    out_boxes[:n] = boxes
+    out_ids[:n] = class_ids
+    out_masks[:n] = np.transpose(masks, (2, 0, 1))
+    return {
+        "image": resized.astype(np.float32),
+        "gt_boxes": out_boxes,
+        "gt_class_ids": out_ids,
+        "gt_masks": out_masks,
+        "num_instances": np.int32(n),
+        "image_info": np.array([height, width, scale, 0], np.float32),
+    }
+
+
+def data_generator(dataset, config, shuffle=True, augmentation=None, batch_size=None,
+                   seed=None):
+    """An endless generator of single-image dicts (docs/design.md "Batches" before
+    batching) from a prepared `utils.Dataset`. Images without instances are skipped, as
+    matterport does."""
+    side = int(config.IMAGE_SHAPE[0])
+    max_instances = int(config.MAX_GT_INSTANCES)
+    rng = np.random.default_rng(seed)
+    ids = np.copy(dataset.image_ids)
+    if len(ids) == 0:
+        raise ValueError("the dataset has no images; did you call prepare()?")
+    while True:
+        if shuffle:
+            rng.shuffle(ids)
+        produced = 0
+        for image_id in ids:
+            ex = _example(dataset, int(image_id), side, max_instances, int(config.NUM_CLASSES),
+                          augmentation, rng)
+            if ex["num_instances"] == 0:
+                continue
+            produced += 1
+            yield ex
+        if produced == 0:
+            raise ValueError("no image of the dataset has any instance (load_mask returned none)")
+
+
+def make_tf_dataset(dataset, config, shuffle=True, augmentation=None, seed=None):
+    """`data_generator` as a batched tf.data.Dataset of the model's batch dicts."""
+    import tensorflow as tf
+
+    side = int(config.IMAGE_SHAPE[0])
+    n = int(config.MAX_GT_INSTANCES)
+    signature = {
+        "image": tf.TensorSpec((side, side, 3), tf.float32),
+        "gt_boxes": tf.TensorSpec((n, 4), tf.float32),
+        "gt_class_ids": tf.TensorSpec((n,), tf.int32),
+        "gt_masks": tf.TensorSpec((n, side, side), tf.uint8),
+        "num_instances": tf.TensorSpec((), tf.int32),
+        "image_info": tf.TensorSpec((4,), tf.float32),
+    }
+    ds = tf.data.Dataset.from_generator(
+        lambda: data_generator(dataset, config, shuffle, augmentation, seed=seed),
+        output_signature=signature,
+    )
+    return ds.batch(int(config.BATCH_SIZE), drop_remainder=True).prefetch(2)
+
+
+# ------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------
+class _Checkpoint:
+    """Keras callback: write matterport-layout weights at the end of each epoch."""
+
+    def __new__(cls, owner):
+        import keras
+
+        class Checkpoint(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                path = owner.checkpoint_path.format(epoch=epoch + 1)
+                from casting.model.weights import save_matterport_h5
+
+                save_matterport_h5(owner.keras_model, path)
+                owner.epoch = epoch + 1
+
+        return Checkpoint()
+
+
+class MaskRCNN:
+    """matterport's `MaskRCNN` wrapper: `train`, `detect`, `load_weights`, `find_last`."""
+
+    def __init__(self, mode, config, model_dir):
+        assert mode in ["training", "inference"], f"mode must be training or inference, not {mode!r}"
+        from casting.model import MaskRCNN as Network
+
+        self.mode = mode
+        self.config = config
+        self.model_dir = model_dir
+        self.class_names = None
+        self.weights_loaded = False
+        self.casting_config = config.to_casting_config()
+        self.keras_model = Network(self.casting_config)
+        self.set_log_dir()
+
+    # ---- logs, checkpoints ---------------------------------------------------------------
+    def _name(self):
+        return (self.config.NAME or "mask_rcnn").lower()
+
+    def set_log_dir(self, model_path=None):
+        """Choose the log folder and the epoch to continue from (from a checkpoint path
+        written by this wrapper or by matterport)."""
+        self.epoch = 0
+        now = datetime.datetime.now()
+        if model_path:
+            pattern = (r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]"
+                       r"mask\_rcnn\_[\w-]+(\d{4})\.h5")
+            m = re.match(pattern, str(model_path).replace(os.sep, "/"))
+            if m:
+                now = datetime.datetime(*[int(m.group(i)) for i in range(1, 6)])
+                self.epoch = int(m.group(6))
+                print(f"Re-starting from epoch {self.epoch}")
+        self.log_dir = os.path.join(self.model_dir, f"{self._name()}{now:%Y%m%dT%H%M}")
+        self.checkpoint_path = os.path.join(
+            self.log_dir, f"mask_rcnn_{self._name()}_*epoch*.h5"
+        ).replace("*epoch*", "{epoch:04d}")
+
+    def find_last(self):
+        """The last checkpoint of the most recent log folder of this config's NAME."""
+        try:
+            dir_names = next(os.walk(self.model_dir))[1]
+        except StopIteration:
+            dir_names = []
+        key = self._name()
+        dir_names = sorted(d for d in dir_names if d.startswith(key))
+        if not dir_names:
+            raise FileNotFoundError(
+                errno.ENOENT, f"Could not find model directory under {self.model_dir}")
+        dir_name = os.path.join(self.model_dir, dir_names[-1])
+        checkpoints = sorted(f for f in os.listdir(dir_name)
+                             if f.startswith("mask_rcnn") and f.endswith(".h5"))
+        if not checkpoints:
+            raise FileNotFoundError(errno.ENOENT, f"Could not find weight files in {dir_name}")
+        return os.path.join(dir_name, checkpoints[-1])
+
+    def get_imagenet_weights(self):
+        """Path of the Keras ImageNet ResNet no-top file (cached or downloaded by Keras);
+        load it with `load_weights(path, by_name=True)`."""
+        from casting.model.weights import _find_imagenet_file
+
+        return _find_imagenet_file(self.casting_config.backbone, None)
+
+    # ---- weights -------------------------------------------------------------------------
+    def load_weights(self, filepath, by_name=False, exclude=None):
+        """Load matterport `.h5` files (by layer name), the Keras ImageNet ResNet file, our
+        model folders / `.weights.h5` files / `model.tar.gz`, locally or on S3.
+
+        With by_name=False every layer of the file must fit (as in matterport, where a
+        topological load fails on another number of classes); with by_name=True layers
+        whose shapes differ are skipped and listed. `exclude`: layer names not to load."""
+        from casting.model.weights import load_init_weights
+
+        report = load_init_weights(self.keras_model, filepath, exclude=exclude or ())
+        mismatched = [(n, r) for n, r in report.skipped
+                      if r != "excluded" and not r.startswith("not a backbone layer")]
+        if not by_name and mismatched:
+            raise ValueError(
+                f"{filepath}: layers do not fit this model: {mismatched[:3]}; load with "
+                "by_name=True and exclude the class-dependent heads ('mrcnn_class_logits', "
+                "'mrcnn_bbox_fc', 'mrcnn_bbox', 'mrcnn_mask')"
+            )
+        logger.info(report.summary())
+        self.weights_loaded = self.weights_loaded or bool(report.loaded)
+        self.set_log_dir(filepath)
+        return report
+
+    # ---- training ------------------------------------------------------------------------
+    def set_trainable(self, layer_regex, verbose=0):
+        """Make the layers whose matterport name fully matches `layer_regex` (or a group
+        name) trainable and freeze the others; frozen BatchNorm stays frozen unless
+        TRAIN_BN."""
+        self.keras_model.set_trainable_layers(layer_regex)
+        if verbose > 0:
+            for name, layer in self.keras_model.named_layers().items():
+                if layer.trainable:
+                    log(f"{name:20}   ({type(layer).__name__})")
+
+    def compile(self, learning_rate, momentum):
+        import keras
+
+        clip = float(self.config.GRADIENT_CLIP_NORM or 0) or None
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
+                                         global_clipnorm=clip)
+        self.keras_model.compile(optimizer=optimizer)
+
+    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers,
+              augmentation=None, custom_callbacks=None, no_augmentation_sources=None):
+        """Train up to epoch `epochs` (a total, as in matterport: a second call with a
+        larger number continues where the first stopped).
+
+        layers: "heads", "3+", "4+", "5+", "all" or a regular expression over layer names.
+        augmentation: a callable (image, masks) -> (image, masks) or an imgaug augmenter."""
+        assert self.mode == "training", "Create model in training mode."
+        if augmentation is not None and not callable(augmentation) and not (
+                type(augmentation).__module__ or "").startswith("imgaug"):
+            _augment(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 1), bool), augmentation)
+        if getattr(train_dataset, "class_names", None):
+            self.class_names = list(train_dataset.class_names)
+        self.set_trainable(layers)
+        train_ds = make_tf_dataset(train_dataset, self.config, shuffle=True,
+                                   augmentation=augmentation)
+        val_ds = None
+        if val_dataset is not None and int(self.config.VALIDATION_STEPS) > 0 and _can_validate(
+                self.keras_model):
+            val_ds = make_tf_dataset(val_dataset, self.config, shuffle=True)
+        os.makedirs(self.log_dir, exist_ok=True)
+        callbacks = [_Checkpoint(self)] + list(custom_callbacks or [])
+        log(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n")
+        log(f"Checkpoint Path: {self.checkpoint_path}")
+        self.compile(learning_rate, self.config.LEARNING_MOMENTUM)
+        if not self.weights_loaded and not self.casting_config.train_bn:
+            # Random initialisation with frozen BatchNorm: the moving statistics (0, 1)
+            # would leave the ResNet unnormalised; set them from one training batch first.
+            log("No weights loaded: calibrating BatchNorm statistics on one training batch")
+            self.keras_model.calibrate_batchnorm(next(iter(train_ds)))
+            self.weights_loaded = True
+        if self.epoch >= epochs:
+            log(f"Already at epoch {self.epoch} >= {epochs}: nothing to train")
+            return None
+        history = self.keras_model.fit(
+            train_ds,
+            initial_epoch=self.epoch,
+            epochs=epochs,
+            steps_per_epoch=int(self.config.STEPS_PER_EPOCH),
+            callbacks=callbacks,
+            validation_data=val_ds,
+            validation_steps=int(self.config.VALIDATION_STEPS) if val_ds is not None else None,
+            shuffle=False,
+            verbose=2,
+        )
+        self.epoch = max(self.epoch, epochs)
+        return history
+
+    # ---- inference -----------------------------------------------------------------------
+    def detect(self, images, verbose=0):
+        """Detections for a list of RGB images (any sizes): a list of dicts with `rois`
+        [N, (y1, x1, y2, x2)] int32, `class_ids` [N], `scores` [N], `masks` [H, W, N] bool."""
+        assert self.mode == "inference", "Create model in inference mode."
+        if verbose:
+            log(f"Processing {len(images)} images")
+            for image in images:
+                log("image", image)
+        detections = self.keras_model.detect(list(images))
+        results = []
+        for image, det in zip(images, detections):
+            height, width = np.asarray(image).shape[:2]
+            masks = np.asarray(det["masks"]).astype(bool)
+            masks = np.transpose(masks, (1, 2, 0)) if masks.size else np.zeros(
+                (height, width, 0), bool)
+            boxes = np.asarray(det["boxes"], np.float32).reshape(-1, 4)
+            results.append({
+                "rois": np.round(boxes).astype(np.int32),
+                "class_ids": np.asarray(det["class_ids"], np.int32).reshape(-1),
+                "scores": np.asarray(det["scores"], np.float32).reshape(-1),
+                "masks": masks,
+            })
+        return results
+
+    # ---- export to our container's format ------------------------------------------------
+    def save_model_dir(self, path, class_names=None, saved_model=True):
+        """Write our model folder (config.json, model.weights.h5, saved_model/) for
+        `serve.py`, with the dataset's class names when known."""
+        from casting.model import save_model_dir
+
+        names = class_names or self.class_names
+        if names is not None and hasattr(self.keras_model, "config"):
+            names = [n for n in names if n not in ("BG", "background")]
+            if len(names) == self.casting_config.num_classes - 1:
+                self.keras_model.config = self.casting_config.replace(class_names=tuple(names))
+        return save_model_dir(self.keras_model, path, saved_model=saved_model)
+
+
+def _can_validate(model) -> bool:
+    return bool(getattr(model, "supports_validation", True))
