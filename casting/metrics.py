@@ -23,16 +23,11 @@ import math
 import re
 from typing import Any, Mapping
 
+from casting.config import LOSS_NAMES
+
 # A float as Keras or Python prints it: 1.2345, 0.5, .5, 12, 3.4000e-04, -1e+05.
 NUMBER = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 
-LOSS_NAMES = (
-    "rpn_class_loss",
-    "rpn_bbox_loss",
-    "mrcnn_class_loss",
-    "mrcnn_bbox_loss",
-    "mrcnn_mask_loss",
-)
 TRAIN_METRICS = ("loss",) + LOSS_NAMES
 VAL_METRICS = tuple(f"val_{name}" for name in TRAIN_METRICS)
 

@@ -215,3 +215,24 @@ def apply_on_error(ds, report: Report, on_error: str):
     )
     ds.records = kept
     return ds
+
+
+def settle_image_size(image_path, height, width, image_id, report, check_images: bool):
+    """Check an image file (when asked) against the size its annotation gives, and settle
+    its (height, width): the annotation's, else read from the file. Problems go into
+    `report`; returns None when the size cannot be known (the image is unreadable)."""
+    if check_images:
+        problem = check_image_file(image_path, height, width)
+        if problem is not None:
+            report.problems.append(Problem(problem.kind, problem.file, problem.message, image_id))
+    if height is None or width is None:
+        size = image_size(image_path)
+        if size is None:
+            if not check_images:
+                report.problems.append(Problem(UNREADABLE_IMAGE, image_path,
+                                               "cannot read the image", image_id))
+            return None
+        height, width = size
+    height, width = int(height), int(width)
+    report.image_sizes.append((height, width))
+    return height, width

@@ -188,22 +188,11 @@ def read_coco(path: str, class_map: Mapping[str, str | None] | None = None,
         seen_names.add(image_id)
         image_path = _resolve_image(json_dir, file_name)
         height, width = img.get("height"), img.get("width")
-        if check_images:
-            problem = chk.check_image_file(image_path, height, width)
-            if problem is not None:
-                report.problems.append(chk.Problem(problem.kind, problem.file,
-                                                   problem.message, image_id))
-        if height is None or width is None:
-            hw = chk.image_size(image_path)
-            if hw is None:
-                if not check_images:
-                    report.problems.append(chk.Problem(chk.UNREADABLE_IMAGE, image_path,
-                                                       "cannot read the image", image_id))
-                records.append(Record(image_id, image_path, 0, 0, instances=[]))
-                continue
-            height, width = hw
-        height, width = int(height), int(width)
-        report.image_sizes.append((height, width))
+        size = chk.settle_image_size(image_path, height, width, image_id, report, check_images)
+        if size is None:
+            records.append(Record(image_id, image_path, 0, 0, instances=[]))
+            continue
+        height, width = size
         anns = by_image.get(img.get("id"), [])
         good = 0
         for inst, problem in _parse_anns(anns, json_path, image_id, height, width,

@@ -271,22 +271,11 @@ def read_supervisely(root: str, class_map: Mapping[str, str | None] | None = Non
             continue
         size = ann.get("size") or {}
         height, width = size.get("height"), size.get("width")
-        if check_images:
-            problem = chk.check_image_file(image_path, height, width)
-            if problem is not None:
-                report.problems.append(chk.Problem(problem.kind, problem.file,
-                                                   problem.message, image_id))
-        if height is None or width is None:
-            hw = chk.image_size(image_path)
-            if hw is None:
-                if not check_images:
-                    report.problems.append(chk.Problem(chk.UNREADABLE_IMAGE, image_path,
-                                                       "cannot read the image", image_id))
-                records.append(Record(image_id, image_path, 0, 0, instances=[]))
-                continue
-            height, width = hw
-        height, width = int(height), int(width)
-        report.image_sizes.append((height, width))
+        size = chk.settle_image_size(image_path, height, width, image_id, report, check_images)
+        if size is None:
+            records.append(Record(image_id, image_path, 0, 0, instances=[]))
+            continue
+        height, width = size
         parsed = _parse_objects(ann, ann_path, image_id, height, width, mapper, report)
         good = 0
         for inst, problem in parsed:
