@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from casting import masks as mask_utils
+from casting.visualize import as_rgb_uint8
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -137,17 +138,10 @@ def load_image(source: Any, max_pixels: int | None = None) -> np.ndarray:
             return decode_image(fh.read(), max_pixels)
     if isinstance(source, Image.Image):
         return _to_rgb_array(ImageOps.exif_transpose(source) or source)
-    arr = np.asarray(source)
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ImageDecodeError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, got {arr.shape}")
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 4:
-        arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
+    try:
+        arr = as_rgb_uint8(source)
+    except ValueError as exc:
+        raise ImageDecodeError(str(exc)) from None
     limit = _max_pixels_default() if max_pixels is None else int(max_pixels)
     if arr.shape[0] * arr.shape[1] > limit:
         raise ImageTooLargeError(

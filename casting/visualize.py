@@ -37,12 +37,15 @@ def class_color(class_id: int) -> tuple[int, int, int]:
     return PALETTE[(max(int(class_id), 1) - 1) % len(PALETTE)]
 
 
-def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any HxW, HxWx1, HxWx3 or HxWx4 array -> a new RGB uint8 HxWx3 array (grey repeated,
+    alpha dropped, other dtypes rounded and clipped to 0..255). ValueError for other shapes."""
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image must be HxW, HxWx1, HxWx3 or HxWx4, got {image.shape}")
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] < 1 \
+            or image.shape[1] < 1:
+        raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, got {image.shape}")
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     elif image.shape[2] == 4:
@@ -78,7 +81,7 @@ def draw_detections(
     (the model's y1, x1, y2, x2); far edges exclusive. class_ids: 1-based. masks: [K, H, W]
     booleans. Any of boxes / masks may be None; K comes from whichever is given.
     """
-    out = _as_rgb_uint8(image)
+    out = as_rgb_uint8(image)
     height, width = out.shape[:2]
     boxes_arr = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if boxes_arr is not None and box_format == "yxyx":
@@ -164,7 +167,7 @@ def _erode(mask: np.ndarray) -> np.ndarray:
 
 def to_png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(_as_rgb_uint8(image)).save(buf, format="PNG")
+    Image.fromarray(as_rgb_uint8(image)).save(buf, format="PNG")
     return buf.getvalue()
 
 
