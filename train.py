@@ -46,6 +46,8 @@ def _setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # TensorFlow's Python logger would print every collective all-reduce at INFO.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -112,7 +114,11 @@ def _check_resumable(saved: dict, config) -> None:
         log.warning("resuming with changed hyperparameters: %s", changed)
 
 
-def _overlays(kept, class_names, out_dir) -> list[str]:
+def _overlays(kept, class_names, out_dir, min_score: float) -> list[str]:
+    """PNGs of the kept validation images with the detections a deployed model would
+    return (score above the config's detection_min_confidence)."""
+    import numpy as np
+
     try:
         from casting.visualize import draw_detections, save_png
     except ImportError:
@@ -121,6 +127,8 @@ def _overlays(kept, class_names, out_dir) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for rec, image, det in kept:
+        keep = np.flatnonzero(np.asarray(det["scores"]) > min_score)
+        det = {k: np.asarray(det[k])[keep] for k in ("boxes", "class_ids", "scores", "masks")}
         drawn = draw_detections(image, boxes=det["boxes"], class_ids=det["class_ids"],
                                 scores=det["scores"], masks=det["masks"],
                                 class_names=class_names, box_format="yxyx")
@@ -134,6 +142,8 @@ def _overlays(kept, class_names, out_dir) -> list[str]:
 def run(hp, env, terminate) -> int:
     """Train, evaluate, export. Returns the exit code (0 also after a stop signal)."""
     from casting.config import Config
+    from casting.distribute import (Replicas, any_worker, broadcast_from_chief, broadcast_int,
+                                    distributed_dataset, weights_digest)
     from casting.evaluation import evaluate_model, flat_metrics
     from casting.metrics import format_eval_line
     from casting.training import (CheckpointManager, Plan, ScalarSummaries, TrainState,
@@ -143,6 +153,15 @@ def run(hp, env, terminate) -> int:
                                   total_steps_text, write_history_csv)
 
     started = time.time()
+    # The strategy first: MultiWorkerMirroredStrategy must exist before other TF work.
+    strategy = select_strategy(env)
+    replicas = Replicas.of(strategy)
+    if replicas.multi_worker:
+        # TensorFlow's coordination service installs its own C-level SIGTERM handler when
+        # the multi-worker runtime starts (a preemption notifier we do not use), replacing
+        # ours: take it back, or a stop or spot reclaim would go unnoticed.
+        terminate.install()
+    chief = replicas.is_chief
     channels = env.channels
     hp.values["train"] = hp.train or channels.get("train")
     hp.values["validation"] = hp.validation or channels.get("validation")
@@ -164,17 +183,28 @@ def run(hp, env, terminate) -> int:
     train_records, val_records, source = _load_data(hp, overrides, hp.on_data_error)
     overrides["class_names"] = tuple(train_records.class_names)
     config = base.replace(**overrides)
-    plan = Plan.from_config(config)
+    lr_scale = replicas.num_replicas if config.scale_learning_rate else 1
+    plan = Plan.from_config(config, lr_scale=lr_scale)
     print(f"Data: {source}: {len(train_records)} training / {len(val_records)} validation "
           f"images; classes {list(config.class_names)}", flush=True)
-    print(f"Schedule: {plan.describe()}; {total_steps_text(plan)}; batch {config.batch_size}",
-          flush=True)
+    if replicas.num_workers > len(train_records):
+        raise ValueError(f"{len(train_records)} training images cannot be shared among "
+                         f"{replicas.num_workers} workers (one shard each)")
+    global_batch = replicas.global_batch(config.batch_size)
+    print(f"Schedule: {plan.describe()}; {total_steps_text(plan)}; batch {config.batch_size}"
+          + (f" per replica x {replicas.num_replicas} replicas = {global_batch} "
+             f"(learning rates x{lr_scale})" if replicas.num_replicas > 1 else ""), flush=True)
+    if replicas.multi_worker:
+        share = len(range(replicas.worker_index, len(train_records), replicas.num_workers))
+        role = " (chief: writes the model, evaluation, checkpoints and TensorBoard)" if chief \
+            else ""
+        print(f"Worker {replicas.worker_index} of {replicas.num_workers}{role}; this worker reads "
+              f"{share} of the {len(train_records)} training images", flush=True)
 
     # ---- model ---------------------------------------------------------------------------
     seed_everything(config.seed)
     manager = CheckpointManager(checkpoint_dir, keep=config.keep_checkpoints)
     latest = manager.latest_valid() if hp.resume else None
-    strategy = select_strategy(env)
     from casting.model import MaskRCNN, save_model_dir
 
     with strategy.scope():
@@ -204,17 +234,45 @@ def run(hp, env, terminate) -> int:
     # Random weights with frozen BatchNorm diverge: start them from one batch's statistics.
     calibrate = latest is None and str(spec).lower() == "none"
     state.config = config.to_dict()
-    manager.cleanup_partial()
+    if chief:
+        manager.cleanup_partial()
 
     from casting.data.pipeline import make_dataset
 
     # A resumed run draws a different (still deterministic) data order than the first.
     data_config = config.replace(seed=config.seed + state.global_step)
-    train_data = repeat_if_finite(make_dataset(train_records, data_config, training=True))
-    val_data = repeat_if_finite(make_dataset(val_records, config, training=False))
     if calibrate:
-        model.calibrate_batchnorm(next(iter(train_data)))
+        first = next(iter(make_dataset(train_records, data_config, training=True)))
+        model.calibrate_batchnorm(first)
         print("Calibrated the frozen BatchNorm statistics on one training batch", flush=True)
+    if replicas.num_replicas > 1:
+        # Each worker loaded, restored or calibrated on its own: start all from the chief's.
+        count = broadcast_from_chief(strategy, list(model.weights) + list(optimizer.variables))
+        chief_step = broadcast_int(strategy, state.global_step)
+        if chief_step != state.global_step:
+            log.warning("this worker's checkpoint is at step %d, the chief's at %d: "
+                        "continuing from the chief's", state.global_step, chief_step)
+            state = TrainState(seed=config.seed, config=state.config)
+            state.global_step = chief_step
+            state.epoch, state.step_in_epoch = divmod(chief_step, plan.steps_per_epoch)
+            state.stage = plan.stage_for_epoch(state.epoch).index
+            data_config = config.replace(seed=config.seed + state.global_step)
+        print(f"Replicas start from the chief's values of {count} variables", flush=True)
+
+    shard_validation = len(val_records) >= replicas.num_workers
+
+    def train_fn(context, batch):
+        return make_dataset(train_records, data_config, training=True, batch_size=batch,
+                            input_context=context)
+
+    def val_fn(context, batch):
+        return make_dataset(val_records, config, training=False, batch_size=batch,
+                            input_context=context if shard_validation else None, repeat=True)
+
+    train_data = distributed_dataset(strategy, replicas, train_fn, config.batch_size)
+    val_data = distributed_dataset(strategy, replicas, val_fn, config.batch_size)
+    if replicas.num_replicas <= 1:
+        train_data, val_data = repeat_if_finite(train_data), repeat_if_finite(val_data)
     validation_steps = max(1, min(config.validation_steps,
                                   math.ceil(len(val_records) / config.batch_size)))
 
@@ -223,7 +281,8 @@ def run(hp, env, terminate) -> int:
     def evaluate(epoch: int, final: bool):
         metrics, kept = evaluate_model(
             model, val_records.records, config.class_names, max_images=hp.eval_max_images,
-            should_stop=terminate.is_set, keep_images=hp.overlays if final else 0)
+            should_stop=terminate.is_set, keep_images=hp.overlays if final else 0,
+            min_confidence=hp.eval_min_confidence)
         print(format_eval_line({"epoch": epoch, **flat_metrics(metrics)}), flush=True)
         return metrics, kept
 
@@ -232,21 +291,30 @@ def run(hp, env, terminate) -> int:
         if every and st.epoch % every == 0 and st.epoch < plan.total_epochs:
             evaluate(st.epoch, final=False)
 
-    extra = [ScalarSummaries(tensorboard_dir)] if env.is_chief else []
+    extra = [ScalarSummaries(tensorboard_dir)] if chief else []
     loop = TrainingLoop(
-        model, plan, state, manager if env.is_chief else None, terminate=terminate,
-        checkpoint_every_steps=config.checkpoint_every_steps, history_csv=history_csv,
-        validation_steps=validation_steps, extra_callbacks=extra, on_epoch_end=on_epoch_end,
-        verbose=2)
+        model, plan, state, manager if chief else None, terminate=terminate,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        history_csv=history_csv if chief else None,
+        validation_steps=validation_steps, extra_callbacks=extra,
+        on_epoch_end=on_epoch_end if chief else None, verbose=2,
+        agree=(lambda flag: any_worker(strategy, flag)) if replicas.multi_worker else None)
     for callback in extra:
         callback.loop = loop
     if state.epoch >= plan.total_epochs:
         print(f"Training already complete ({state.epoch} epochs): evaluating and exporting",
               flush=True)
     loop.run(train_data, val_data)
+    if replicas.num_replicas > 1:
+        print(f"Weights digest (worker {replicas.worker_index}, global step "
+              f"{state.global_step}): {weights_digest(model.weights)}", flush=True)
     if loop.interrupted:
         print(f"Stopped by signal at epoch {state.epoch + 1} step {state.step_in_epoch}; "
               "the checkpoint is saved, a restart resumes from it.", flush=True)
+        return 0
+    if not chief:
+        print(f"Worker {replicas.worker_index} done after {state.global_step} steps; the chief "
+              "evaluates and writes the model.", flush=True)
         return 0
     write_history_csv(state.history, history_csv)
 
@@ -263,12 +331,12 @@ def run(hp, env, terminate) -> int:
         "training_seconds": round(time.time() - started, 1),
     })
     _write_json(os.path.join(output_dir, "evaluation.json"), metrics)
-    overlays = _overlays(kept, config.class_names, os.path.join(output_dir, "overlays"))
+    overlays = _overlays(kept, config.class_names, os.path.join(output_dir, "overlays"),
+                         config.detection_min_confidence)
     print(f"Wrote {output_dir}/evaluation.json, history.csv and {len(overlays)} overlays",
           flush=True)
-    if env.is_chief:
-        save_model_dir(model, model_dir, saved_model=hp.saved_model)
-        print(f"Saved the model to {model_dir}", flush=True)
+    save_model_dir(model, model_dir, saved_model=hp.saved_model)
+    print(f"Saved the model to {model_dir}", flush=True)
     print(f"Done in {time.time() - started:.0f}s: segm AP {metrics['segm']['AP']}, "
           f"bbox AP {metrics['bbox']['AP']}", flush=True)
     return 0

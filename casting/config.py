@@ -88,6 +88,9 @@ class Config:
     weight_decay: float = 1e-4
     gradient_clip_norm: float = 5.0
     warmup_steps: int = 100
+    # Several replicas: multiply the learning rates by their number (linear scaling rule;
+    # the global batch is batch_size x replicas).
+    scale_learning_rate: bool = False
     layers: str = "all"
     loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
     schedule: tuple[dict[str, Any], ...] = ()

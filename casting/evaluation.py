@@ -28,6 +28,8 @@ SUMMARY_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
 _STAT_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "AP_small": 3, "AP_medium": 4, "AP_large": 5,
                "AR1": 6, "AR10": 7, "AR100": 8}
 IOU_TYPES = ("bbox", "segm")
+# Score threshold of the detections that COCO evaluation scores (see evaluate_model).
+EVAL_MIN_CONFIDENCE = 0.05
 
 
 def _rle(mask: np.ndarray) -> dict[str, Any]:
@@ -190,8 +192,15 @@ def load_image(path: str) -> np.ndarray:
 
 def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str],
                    max_images: int = 0, should_stop: Callable[[], bool] | None = None,
-                   keep_images: int = 0) -> tuple[dict[str, Any], list[tuple[Any, np.ndarray, dict]]]:
+                   keep_images: int = 0, min_confidence: float | None = EVAL_MIN_CONFIDENCE,
+                   ) -> tuple[dict[str, Any], list[tuple[Any, np.ndarray, dict]]]:
     """Detect on each record's image and compute COCO metrics.
+
+    ``min_confidence`` is the score threshold for the detections that are scored: COCO AP
+    averages precision over all recall levels, so it is computed from every detection down
+    to a low score (0.05, as the COCO reference detectors do; at most
+    ``detection_max_instances`` per image), not only from those above the deployment
+    threshold, which would cut recall short. ``None``: the model's own threshold.
 
     Returns ``(metrics, kept)`` where ``kept`` holds ``(record, image, detections)`` for the
     first ``keep_images`` images (for overlays). ``should_stop`` is polled between images;
@@ -207,7 +216,8 @@ def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str
         if should_stop is not None and should_stop():
             raise InterruptedError("stop requested during evaluation")
         image = load_image(rec.image_path)
-        det = model.detect([image])[0]
+        det = (model.detect([image])[0] if min_confidence is None
+               else model.detect([image], min_confidence=min_confidence)[0])
         detections.append(det)
         if i < keep_images:
             kept.append((rec, image, det))

@@ -228,6 +228,9 @@ SPECS: tuple[Spec, ...] = (
        "(0: off). Default 5.0."),
     _s("warmup_steps", to_int, None, "Linear learning-rate warm-up over the first N steps. "
        "Default 100."),
+    _s("scale_learning_rate", to_bool, None, "With several replicas (GPUs or instances), "
+       "multiply every learning rate by their number, as the global batch is --batch-size "
+       "x replicas. Default False."),
     _s("layers", to_str, None, f"Layers to train without a schedule: {LAYER_CHOICES}. "
        "Default all."),
     _s("schedule", to_schedule, [],
@@ -249,6 +252,9 @@ SPECS: tuple[Spec, ...] = (
        "(0: only after training).", "evaluation"),
     _s("eval_max_images", to_int, 0, "Evaluate on at most N validation images (0: all).",
        "evaluation"),
+    _s("eval_min_confidence", to_float, 0.05, "Score threshold of the detections COCO "
+       "evaluation scores (COCO AP needs the low-score ones too; the overlays and the "
+       "served model use detection_min_confidence).", "evaluation"),
     _s("overlays", to_int, 4, "Number of prediction overlays (PNG) written to the output "
        "data folder.", "evaluation"),
     _s("saved_model", to_bool, True, "Also export a TF SavedModel into the model folder "
@@ -270,7 +276,7 @@ SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
 CONFIG_FIELDS = (
     "image_size", "epochs", "steps_per_epoch", "validation_steps", "batch_size",
     "learning_rate", "momentum", "weight_decay", "gradient_clip_norm", "warmup_steps",
-    "layers", "schedule", "augment", "seed", "checkpoint_every_steps", "keep_checkpoints",
+    "scale_learning_rate", "layers", "schedule", "augment", "seed", "checkpoint_every_steps", "keep_checkpoints",
     "class_names",
 )
 
@@ -358,6 +364,8 @@ def parse_hyperparameters(argv: Sequence[str] | None = None) -> Hyperparameters:
             f"--on-data-error must be 'raise' or 'skip', not {values['on_data_error']!r}")
     if not 0.0 <= values["val_fraction"] < 1.0:
         raise HyperparameterError("--val-fraction must be in [0, 1)")
+    if not 0.0 <= values["eval_min_confidence"] < 1.0:
+        raise HyperparameterError("--eval-min-confidence must be in [0, 1)")
     for name in ("synthetic_images", "eval_every_epochs", "eval_max_images", "overlays"):
         if values[name] < 0:
             raise HyperparameterError(f"--{name.replace('_', '-')} must be >= 0")

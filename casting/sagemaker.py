@@ -132,10 +132,13 @@ class SageMakerEnv:
         )
 
 
-def tf_config(env: SageMakerEnv, port: int = 8890) -> dict | None:
+def tf_config(env: SageMakerEnv, port: int = 8890,
+              addresses: Mapping[str, str] | None = None) -> dict | None:
     """``TF_CONFIG`` for ``MultiWorkerMirroredStrategy``, or ``None`` on one host.
 
-    Workers are the sorted hosts, so worker 0 is the chief (``env.is_chief``).
+    Workers are the sorted hosts, so worker 0 is the chief (``env.is_chief``); each is
+    reached at ``host:port`` unless ``addresses`` maps its name to another
+    ``address:port`` (several workers on one machine, or hosts known by IP).
     Set it with ``os.environ["TF_CONFIG"] = json.dumps(cfg)`` before creating the strategy.
     """
     if len(env.hosts) <= 1:
@@ -143,8 +146,12 @@ def tf_config(env: SageMakerEnv, port: int = 8890) -> dict | None:
     hosts = sorted(env.hosts)
     if env.current_host not in hosts:
         raise ValueError(f"current host {env.current_host!r} is not in hosts {hosts}")
+    addresses = dict(addresses or {})
+    missing = [h for h in hosts if addresses and h not in addresses]
+    if missing:
+        raise ValueError(f"no worker address for hosts {missing} in {addresses}")
     return {
-        "cluster": {"worker": [f"{host}:{port}" for host in hosts]},
+        "cluster": {"worker": [addresses.get(host, f"{host}:{port}") for host in hosts]},
         "task": {"type": "worker", "index": hosts.index(env.current_host)},
     }
 

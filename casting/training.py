@@ -3,7 +3,8 @@
 Everything here is model-agnostic (any ``keras.Model`` with an optimizer), so it is tested
 with a small model; ``train.py`` wires it to Mask R-CNN.
 
-* :func:`select_strategy` - one place that picks the ``tf.distribute`` strategy.
+* :func:`select_strategy` - one place that picks the ``tf.distribute`` strategy (it lives in
+  :mod:`casting.distribute`, with the other multi-worker helpers).
 * :class:`Plan` / :class:`Stage` - the staged schedule (``[{"epochs": 2, "layers": "heads",
   "lr": 1e-3}, ...]``) over a fixed number of steps per epoch.
 * :class:`WarmupStagedLR` - linear warm-up, then the stage's learning rate, as a function
@@ -51,36 +52,7 @@ WARMUP_START_FACTOR = 0.001
 STAGE_KEYS = {"epochs", "layers", "lr", "learning_rate"}
 
 
-# ---------------------------------------------------------------------------------------
-# strategy
-# ---------------------------------------------------------------------------------------
-def select_strategy(env: Any = None):
-    """The ``tf.distribute`` strategy for this job.
-
-    * more than one host: ``MultiWorkerMirroredStrategy`` (``TF_CONFIG`` is set from the
-      SageMaker hosts first, via :func:`casting.sagemaker.tf_config`);
-    * one host with more than one GPU: ``MirroredStrategy``;
-    * otherwise the default strategy.
-
-    Build and compile the model inside ``strategy.scope()``.
-    """
-    import tensorflow as tf
-
-    hosts = tuple(getattr(env, "hosts", ()) or ())
-    if len(hosts) > 1:
-        from casting.sagemaker import tf_config
-
-        cfg = tf_config(env)
-        if cfg is not None:
-            os.environ["TF_CONFIG"] = json.dumps(cfg)
-        log.info("strategy: MultiWorkerMirroredStrategy over %d hosts", len(hosts))
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_physical_devices("GPU")
-    if len(gpus) > 1:
-        log.info("strategy: MirroredStrategy over %d GPUs", len(gpus))
-        return tf.distribute.MirroredStrategy()
-    log.info("strategy: default (%s)", "1 GPU" if gpus else "CPU")
-    return tf.distribute.get_strategy()
+from casting.distribute import select_strategy  # noqa: E402,F401 - re-exported
 
 
 # ---------------------------------------------------------------------------------------
@@ -120,9 +92,11 @@ class Plan:
         return self.stages[-1]
 
     @classmethod
-    def from_config(cls, config: Any) -> "Plan":
+    def from_config(cls, config: Any, lr_scale: float = 1.0) -> "Plan":
         """Stages from ``config.schedule`` (each stage's ``epochs`` is its own length), or
-        one stage of ``config.epochs`` / ``config.layers`` / ``config.learning_rate``."""
+        one stage of ``config.epochs`` / ``config.layers`` / ``config.learning_rate``.
+        Every learning rate is multiplied by ``lr_scale`` (the number of replicas when
+        ``config.scale_learning_rate``)."""
         raw = list(config.schedule) or [
             {"epochs": config.epochs, "layers": config.layers, "lr": config.learning_rate}
         ]
@@ -141,7 +115,7 @@ class Plan:
             if not lr > 0:
                 raise ValueError(f"schedule stage {i + 1}: lr must be > 0")
             layers = str(item.get("layers", config.layers))
-            stages.append(Stage(i, start, epochs, layers, lr))
+            stages.append(Stage(i, start, epochs, layers, lr * float(lr_scale)))
             start += epochs
         return cls(tuple(stages), int(config.steps_per_epoch), int(config.warmup_steps))
 
@@ -651,7 +625,7 @@ class LoopCallback(_keras_callbacks_base()):
         state = loop.state
         state.step_in_epoch = self.step
         state.global_step = state.epoch * loop.plan.steps_per_epoch + self.step
-        if loop.terminate is not None and loop.terminate.is_set():
+        if loop.stop_requested():
             loop.save_checkpoint(reason="stop signal")
             self.interrupted = True
             self.model.stop_training = True
@@ -665,7 +639,7 @@ class LoopCallback(_keras_callbacks_base()):
             self.model.stop_evaluating = True
 
     def on_test_batch_end(self, batch, logs=None):
-        if self.interrupted or (self.loop.terminate is not None and self.loop.terminate.is_set()):
+        if self.interrupted or self.loop.stop_requested():
             self.model.stop_evaluating = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -690,7 +664,7 @@ class LoopCallback(_keras_callbacks_base()):
         loop.save_checkpoint(reason="epoch end")
         if loop.on_epoch_end is not None:
             loop.on_epoch_end(state)
-        if loop.terminate is not None and loop.terminate.is_set():
+        if loop.stop_requested():
             self.interrupted = True
             self.model.stop_training = True
 
@@ -710,12 +684,21 @@ class TrainingLoop:
     extra_callbacks: list[Any] = field(default_factory=list)
     on_epoch_end: Callable[[TrainState], None] | None = None
     verbose: int = 2
+    # Several workers: an all-reduce of the local stop flag (casting.distribute.any_worker),
+    # so that a signal seen by one worker stops every worker after the same step.
+    agree: Callable[[bool], bool] | None = None
     interrupted: bool = False
     _last_saved_step: int = -1
 
     @property
     def optimizer(self):
         return self.model.optimizer
+
+    def stop_requested(self) -> bool:
+        """Whether to stop now; with ``agree``, the same answer on every worker (every
+        worker must ask at the same points)."""
+        flag = self.terminate is not None and self.terminate.is_set()
+        return self.agree(flag) if self.agree is not None else flag
 
     def save_checkpoint(self, reason: str = "") -> str | None:
         if self.manager is None:
@@ -739,7 +722,7 @@ class TrainingLoop:
         plan, state = self.plan, self.state
         current_layers = None
         while state.epoch < plan.total_epochs:
-            if self.terminate is not None and self.terminate.is_set():
+            if self.stop_requested():
                 if state.global_step != self._last_saved_step and state.global_step > 0:
                     self.save_checkpoint(reason="stop signal")
                 self.interrupted = True

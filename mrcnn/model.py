@@ -233,9 +233,12 @@ def data_generator(dataset, config, shuffle=True, augmentation=None, batch_size=
                    seed=None):
     """An endless generator of single-image dicts (docs/design.md "Batches" before
     batching) from a prepared `utils.Dataset`. Images without instances are skipped, as
-    matterport does."""
+    matterport does. Without `seed`, one is drawn from NumPy's global RNG, so that
+    `np.random.seed(...)` makes the order repeatable (matterport shuffles with it too)."""
     side = int(config.IMAGE_SHAPE[0])
     max_instances = int(config.MAX_GT_INSTANCES)
+    if seed is None:
+        seed = int(np.random.randint(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     ids = np.copy(dataset.image_ids)
     if len(ids) == 0:
@@ -416,6 +419,11 @@ class MaskRCNN:
         if getattr(train_dataset, "class_names", None):
             self.class_names = list(train_dataset.class_names)
         self.set_trainable(layers)
+        # In-graph sampling (anchors, ROIs) uses TF's random ops: seed them from NumPy's
+        # global RNG, so a script that calls np.random.seed(...) trains repeatably.
+        import tensorflow as tf
+
+        tf.random.set_seed(int(np.random.randint(0, 2**31 - 1)))
         train_ds = make_tf_dataset(train_dataset, self.config, shuffle=True,
                                    augmentation=augmentation)
         val_ds = None

@@ -104,9 +104,11 @@ class _Oracle:
     def __init__(self, records):
         self.by_shape = {(r.height, r.width): r for r in records}
         self.calls = 0
+        self.thresholds = []
 
-    def detect(self, images):
+    def detect(self, images, min_confidence=None):
         self.calls += 1
+        self.thresholds.append(min_confidence)
         rec = self.by_shape[images[0].shape[:2]]
         return _perfect([rec])
 
@@ -120,6 +122,7 @@ def test_evaluate_model_reads_images_and_stops_on_request(tmp_path):
     oracle = _Oracle(recs)
     metrics, kept = evaluate_model(oracle, recs, CLASSES, keep_images=1)
     assert oracle.calls == 2 and len(kept) == 1 and kept[0][1].shape == (64, 80, 3)
+    assert oracle.thresholds == [0.05, 0.05]  # COCO scores detections down to 0.05
     assert metrics["segm"]["AP"] == pytest.approx(1.0)
     metrics, _ = evaluate_model(oracle, recs, CLASSES, max_images=1)
     assert metrics["num_images"] == 1

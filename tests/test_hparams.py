@@ -86,3 +86,17 @@ def test_help_documents_every_hyperparameter():
     for spec in SPECS:
         assert f"--{spec.name.replace('_', '-')}" in out.stdout
         assert spec.help.split()[0] in out.stdout
+
+
+def test_scale_learning_rate_reaches_the_config_and_the_plan():
+    from casting.config import Config
+    from casting.training import Plan
+
+    hp = parse_hyperparameters(["--scale_learning_rate", '"True"', "--learning-rate", "0.01"])
+    config = Config().replace(**hp.config_overrides())
+    assert config.scale_learning_rate is True
+    assert Config.from_json(config.to_json()).scale_learning_rate is True
+    plan = Plan.from_config(config.replace(schedule=({"epochs": 1, "lr": 0.02},
+                                                     {"epochs": 1})), lr_scale=4)
+    assert [s.lr for s in plan.stages] == [pytest.approx(0.08), pytest.approx(0.04)]
+    assert Config().scale_learning_rate is False

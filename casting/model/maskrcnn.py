@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from casting.config import LAYER_GROUPS, LOSS_NAMES, Config
+from casting.distribute import is_multi_worker
 from casting.model import losses as L
 from casting.model import rpn as rpn_lib
 from casting.model.anchors import anchors_for_config
@@ -198,7 +199,21 @@ class MaskRCNN(keras.Model):
         self.trackers["loss"].update_state(total)
         for name in LOSS_NAMES:
             self.trackers[name].update_state(losses[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if is_multi_worker():
+            # Keras 3 averages the replicas' logs with strategy.reduce(MEAN, axis=0) across
+            # workers, which rejects scalars (keras-team/keras#20585): give it shape [1].
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 (keras-team/keras#20329, open): under tf.distribute with several
+        # replicas, fit() first pulls a batch and calls strategy.reduce() on it, which
+        # fails for dict batches like ours. This model builds all its variables in
+        # __init__, so there is nothing to build symbolically: skip that step.
+        if self.built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
@@ -206,6 +221,19 @@ class MaskRCNN(keras.Model):
             total = self.total_loss(losses)
         variables = self.trainable_variables
         grads = tape.gradient(total, variables)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            # The optimizer sums the replicas' gradients: each replica contributes 1/N of
+            # its own, clipped first (the optimizer's clipping would see the 1/N parts), so
+            # the update is the mean over the global batch with the same norm bound.
+            clip = float(self.config.gradient_clip_norm or 0)
+            if clip > 0:
+                kept = [i for i, g in enumerate(grads) if g is not None]
+                clipped, _ = tf.clip_by_global_norm([grads[i] for i in kept], clip)
+                grads = list(grads)
+                for i, g in zip(kept, clipped):
+                    grads[i] = g
+            grads = [None if g is None else g / replicas for g in grads]
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None])
         return self._log(losses, total)

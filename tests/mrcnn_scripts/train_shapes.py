@@ -82,7 +82,7 @@ class ShapesConfig(Config):
 
     STEPS_PER_EPOCH = STEPS
     VALIDATION_STEPS = 1
-    LEARNING_RATE = float(os.environ.get("SHAPES_LR", 0.02))
+    LEARNING_RATE = float(os.environ.get("SHAPES_LR", 0.01))
 
 
 config = ShapesConfig()
@@ -215,8 +215,9 @@ class ShapesDataset(utils.Dataset):
         return bg_color, shapes
 
 
-random.seed(1)
-np.random.seed(1)
+SEED = int(os.environ.get("SHAPES_SEED", 1))
+random.seed(SEED)
+np.random.seed(SEED)
 
 # Training dataset
 dataset_train = ShapesDataset()
