@@ -73,7 +73,7 @@ def _instances(tmp_path, **extra_hps):
 
 def _start(bases):
     ports = _free_ports(len(HOSTS))
-    addresses = json.dumps({h: f"localhost:{p}" for h, p in zip(HOSTS, ports)})
+    addresses = json.dumps({h: f"127.0.0.1:{p}" for h, p in zip(HOSTS, ports)})
     procs = []
     for base in bases:
         env = _env(base)
