@@ -152,14 +152,26 @@ def distributed_dataset(strategy, replicas: Replicas, make: Callable[[Any, int],
     return strategy.distribute_datasets_from_function(fn)
 
 
-_FLOATS = ("float16", "bfloat16", "float32", "float64")
+def _dtype_of(value):
+    """A value's dtype (Python numbers: float64), read from its metadata, not its data."""
+    import tensorflow as tf
+
+    return tf.float64 if isinstance(value, (int, float)) else tf.as_dtype(value.dtype)
+
+
+def _wire_dtype(dtype):
+    """The dtype a value travels in through the all-reduce: floats as they are, anything
+    else (e.g. the optimizer's int64 step counter) as float64."""
+    import tensorflow as tf
+
+    return dtype if dtype.is_floating else tf.float64
 
 
 def _replica_sum_fn(strategy, values: Sequence[Any], keep_first_only: bool):
     """A tf.function: the all-reduce (sum) over replicas of ``values`` (variables, read on
     each replica, or Python numbers); with ``keep_first_only`` only global replica 0
-    contributes, i.e. a broadcast from it. All values must share one dtype (the
-    all-reduce packs them together); non-float values travel as float64."""
+    contributes, i.e. a broadcast from it. All values must travel in one dtype (the
+    all-reduce packs them together)."""
     import tensorflow as tf
 
     values = list(values)
@@ -169,12 +181,7 @@ def _replica_sum_fn(strategy, values: Sequence[Any], keep_first_only: bool):
         first = tf.equal(ctx.replica_id_in_sync_group, 0)
         out = []
         for value in values:
-            if isinstance(value, (int, float)):
-                tensor = tf.constant(float(value), tf.float64)
-            else:
-                tensor = tf.convert_to_tensor(value)
-            if tensor.dtype.name not in _FLOATS:
-                tensor = tf.cast(tensor, tf.float64)
+            tensor = tf.cast(value, _wire_dtype(_dtype_of(value)))
             if keep_first_only:
                 tensor = tf.where(first, tensor, tf.zeros_like(tensor))
             out.append(tensor)
@@ -194,8 +201,7 @@ def _local(strategy, result, like: Sequence[Any]) -> list[Any]:
     out = []
     for reduced, value in zip(result, like):
         local = strategy.experimental_local_results(reduced)[0]
-        dtype = (tf.float64 if isinstance(value, (int, float))
-                 else tf.convert_to_tensor(value).dtype)
+        dtype = _dtype_of(value)
         out.append(local if local.dtype == dtype else tf.cast(tf.round(local), dtype))
     return out
 
@@ -207,9 +213,8 @@ def broadcast_from_chief(strategy, variables: Sequence[Any]) -> int:
     if strategy.num_replicas_in_sync <= 1:
         return 0
     groups: dict[str, list[Any]] = {}
-    for variable in variables:  # one all-reduce per dtype (it packs tensors together)
-        dtype = variable.dtype if isinstance(variable.dtype, str) else variable.dtype.name
-        groups.setdefault(dtype if dtype in _FLOATS else "float64", []).append(variable)
+    for variable in variables:  # one all-reduce per wire dtype (it packs tensors together)
+        groups.setdefault(_wire_dtype(_dtype_of(variable)).name, []).append(variable)
     for name in sorted(groups):
         part = groups[name]
         reduced = _replica_sum_fn(strategy, part, keep_first_only=True)()

@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from casting.distribute import select_strategy  # noqa: F401 - re-exported here
+
 log = logging.getLogger("casting.training")
 
 CHECKPOINT_PREFIX = "ckpt-"
@@ -50,9 +52,6 @@ OPTIMIZER_FILE = "optimizer.npz"
 STATE_VERSION = 1
 WARMUP_START_FACTOR = 0.001
 STAGE_KEYS = {"epochs", "layers", "lr", "learning_rate"}
-
-
-from casting.distribute import select_strategy  # noqa: E402,F401 - re-exported
 
 
 # ---------------------------------------------------------------------------------------

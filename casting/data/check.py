@@ -71,6 +71,19 @@ class Report:
             self.counts[class_name] = self.counts.get(class_name, 0) + 1
         self.areas.setdefault(class_name, []).append(int(area))
 
+    def add_image_objects(self, parsed, class_names: Sequence[str]) -> None:
+        """Record one image's parsed ``(instance, problem)`` pairs: each problem, each
+        usable instance; the image counts as without objects when none is usable."""
+        good = 0
+        for inst, problem in parsed:
+            if problem is not None:
+                self.problems.append(problem)
+            elif inst is not None:
+                good += 1
+                self.add_instance(class_names[inst.class_id - 1], inst.area, inst.iscrowd)
+        if good == 0:
+            self.images_without_objects += 1
+
     def text(self) -> str:
         lines = [f"Dataset {self.source} ({self.format}): {self.num_images} images"]
         if self.image_sizes:
@@ -147,6 +160,21 @@ class ClassMapper:
             return None, (f"class {shown} is not in class_names {list(self.class_names)}; "
                           f"map it to None in the class map to drop it")
         return self._ids[mapped], None
+
+
+def class_outcome(class_id: int | None, error: str | None, path: str, where: str,
+                  image_id: str, report: "Report | None", name: str):
+    """For an object whose class resolved to ``(class_id, error)`` (``ClassMapper.resolve``):
+    ``None`` when the object is to be read, else the ``(mask, problem)`` entry that stands
+    for it: an unknown-class problem, or ``(None, None)`` when the class map drops the
+    class (counted under ``name`` in ``report.dropped_classes``)."""
+    if error:
+        return None, Problem(UNKNOWN_CLASS, path, f"{where}: {error}", image_id)
+    if class_id is None:
+        if report is not None:
+            report.dropped_classes[name] += 1
+        return None, None
+    return None
 
 
 def check_image_file(path: str, height: int | None, width: int | None) -> Problem | None:

@@ -105,14 +105,9 @@ def _parse_anns(anns, json_path, image_id, height, width, cat_to_class, report):
                                           image_id)))
             continue
         class_id, error = cat_to_class[cat]
-        if error:
-            out.append((None, chk.Problem(chk.UNKNOWN_CLASS, json_path, f"{where}: {error}",
-                                          image_id)))
-            continue
-        if class_id is None:
-            if report is not None:
-                report.dropped_classes[str(cat)] += 1
-            out.append((None, None))
+        skip = chk.class_outcome(class_id, error, json_path, where, image_id, report, str(cat))
+        if skip is not None:
+            out.append(skip)
             continue
         seg = ann.get("segmentation")
         if not seg:
@@ -194,17 +189,9 @@ def read_coco(path: str, class_map: Mapping[str, str | None] | None = None,
             continue
         height, width = size
         anns = by_image.get(img.get("id"), [])
-        good = 0
-        for inst, problem in _parse_anns(anns, json_path, image_id, height, width,
-                                         cat_to_class, report):
-            if problem is not None:
-                report.problems.append(problem)
-            elif inst is not None:
-                good += 1
-                report.add_instance(mapper.class_names[inst.class_id - 1], inst.area,
-                                    inst.iscrowd)
-        if good == 0:
-            report.images_without_objects += 1
+        report.add_image_objects(
+            _parse_anns(anns, json_path, image_id, height, width, cat_to_class, report),
+            mapper.class_names)
         records.append(Record(image_id, image_path, height, width, source_id=img.get("id"),
                               loader=_make_loader(anns, json_path, image_id, height, width,
                                                   cat_to_class)))

@@ -161,14 +161,10 @@ def _parse_objects(ann: Mapping[str, Any], ann_path: str, image_id: str, height:
             out.append((None, None))
             continue
         class_id, error = mapper.resolve(str(title))
-        if error:
-            out.append((None, chk.Problem(chk.UNKNOWN_CLASS, ann_path, f"{where}: {error}",
-                                          image_id)))
-            continue
-        if class_id is None:
-            if report is not None:
-                report.dropped_classes[str(title)] += 1
-            out.append((None, None))
+        skip = chk.class_outcome(class_id, error, ann_path, where, image_id, report,
+                                 str(title))
+        if skip is not None:
+            out.append(skip)
             continue
         try:
             mask, outside = object_mask(obj, height, width)
@@ -276,17 +272,9 @@ def read_supervisely(root: str, class_map: Mapping[str, str | None] | None = Non
             records.append(Record(image_id, image_path, 0, 0, instances=[]))
             continue
         height, width = size
-        parsed = _parse_objects(ann, ann_path, image_id, height, width, mapper, report)
-        good = 0
-        for inst, problem in parsed:
-            if problem is not None:
-                report.problems.append(problem)
-            elif inst is not None:
-                good += 1
-                report.add_instance(mapper.class_names[inst.class_id - 1], inst.area,
-                                    inst.iscrowd)
-        if good == 0:
-            report.images_without_objects += 1
+        report.add_image_objects(
+            _parse_objects(ann, ann_path, image_id, height, width, mapper, report),
+            mapper.class_names)
         records.append(Record(image_id, image_path, height, width,
                               loader=_make_loader(ann_path, image_id, height, width, mapper)))
     return DatasetRecords(mapper.class_names, records), report
