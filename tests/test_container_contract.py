@@ -15,7 +15,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from dockerfile_parse import DockerfileParser
 
 from casting.launch import encode_hyperparameters
 from casting.metrics import parse_metrics
+from testkit import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -64,12 +64,6 @@ def build_layout(tmp: Path) -> tuple[Path, Path]:
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target / path.name)
     return base, bindir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def image_env(base: Path, bindir: Path, **extra) -> dict[str, str]:

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,23 +22,12 @@ import numpy as np
 
 from casting.distribute import ADDRESSES_ENV
 from casting.launch import encode_hyperparameters
-from sm_jobs import ROOT, SMALL, Proc, _env, _synthetic
+from testkit import ROOT, SMALL, Proc, _env, _synthetic, free_ports
 
 HOSTS = ["algo-1", "algo-2"]
 STEPS_PER_EPOCH = 4
 EPOCHS = 2
 DIGEST = re.compile(r"Weights digest \(worker (\d+), global step (\d+)\): ([0-9a-f]{64})")
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _instances(tmp_path, **extra_hps):
@@ -72,7 +60,7 @@ def _instances(tmp_path, **extra_hps):
 
 
 def _start(bases):
-    ports = _free_ports(len(HOSTS))
+    ports = free_ports(len(HOSTS))
     addresses = json.dumps({h: f"127.0.0.1:{p}" for h, p in zip(HOSTS, ports)})
     procs = []
     for base in bases:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import boto3
 import pytest
@@ -19,17 +18,12 @@ from casting.launch import (
     training_inputs,
 )
 from casting.metrics import METRIC_DEFINITIONS
+from testkit import free_port
 
 REGION = "us-east-1"
 BUCKET = "casting-test-bucket"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/casting-maskrcnn:v1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

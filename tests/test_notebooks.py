@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -29,18 +28,13 @@ from nbclient import NotebookClient
 
 from casting.launch import CHECKPOINT_LOCAL_PATH, TENSORBOARD_LOCAL_PATH, encode_hyperparameters
 from casting.metrics import METRIC_DEFINITIONS
+from testkit import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 REGION = "eu-west-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/casting-maskrcnn:nbtest"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Moto:

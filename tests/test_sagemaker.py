@@ -318,6 +318,25 @@ def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
+def run_until_sigterm(launcher: str, base: Path, record: Path, seconds: float = 60) -> dict:
+    """Start a launcher whose program records itself and waits; check the program runs in
+    the launcher's own process (it exec'd, so a SIGTERM to it reaches the program), stop it
+    with SIGTERM, expect exit 0. Returns what the program recorded."""
+    proc = subprocess.Popen([launcher], env=launcher_env(base, record, WAIT_FOR_SIGTERM="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(record, proc, seconds=seconds)
+        got = json.loads(record.read_text())
+        assert got["pid"] == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return got
+
+
 def test_train_launcher_execs_program_with_toolkit_env_and_gets_sigterm(tmp_path):
     base = tmp_path / "opt" / "ml"
     hps = encode_hyperparameters({
@@ -329,19 +348,7 @@ def test_train_launcher_execs_program_with_toolkit_env_and_gets_sigterm(tmp_path
     hps["sagemaker_region"] = '"us-east-1"'  # toolkit-only keys are dropped
     make_opt_ml(base, hps)
     record = tmp_path / "record.json"
-    proc = subprocess.Popen(["train"], env=launcher_env(base, record, WAIT_FOR_SIGTERM="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(record, proc)
-        got = json.loads(record.read_text())
-        # Same process: the launcher exec'd the program, so SIGTERM to it reaches train.py.
-        assert got["pid"] == proc.pid
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    got = run_until_sigterm("train", base, record)
     assert Path(str(record) + ".sigterm").read_text() == "SIGTERM"
 
     argv = got["argv"]
@@ -406,18 +413,7 @@ def test_serve_launcher_execs_serve_py(tmp_path):
     (base / "code").mkdir(parents=True)
     (base / "code" / "serve.py").write_text(RECORDER)
     record = tmp_path / "record.json"
-    proc = subprocess.Popen(["serve"], env=launcher_env(base, record, WAIT_FOR_SIGTERM="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(record, proc, seconds=30)
-        got = json.loads(record.read_text())
-        assert got["pid"] == proc.pid
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    got = run_until_sigterm("serve", base, record, seconds=30)
     assert got["argv"] == [str(base / "code" / "serve.py")]
     assert got["env"]["SAGEMAKER_BIND_TO_PORT"] == "8080"
     assert got["env"]["SM_MODEL_DIR"] == str(base / "model")

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ import pytest
 import requests
 from PIL import Image
 from pycocotools import mask as coco_mask
+from testkit import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ("holes", "chipping")
@@ -105,11 +105,6 @@ B64 = base64.b64encode(JPEG).decode()
 
 
 # ---- server process -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def child_pids(pid: int) -> set[int]:
     out = set()

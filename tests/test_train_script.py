@@ -16,7 +16,7 @@ import pytest
 
 from casting.metrics import METRIC_DEFINITIONS, parse_metrics
 
-from sm_jobs import ROOT, SMALL, VENV_BIN, Proc, _env, _synthetic  # noqa: F401
+from testkit import ROOT, SMALL, VENV_BIN, Proc, _env, _synthetic  # noqa: F401
 
 
 def _train(args, tmp, base=None):

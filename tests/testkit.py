@@ -1,9 +1,11 @@
-"""Helpers for tests that run train.py as SageMaker would: environment, data, processes.
+"""Helpers shared by the tests: free loopback ports, and running train.py as SageMaker
+would (environment, data, processes).
 
-Imported by the test modules as `sm_jobs` (pytest puts tests/ on sys.path).
+Imported by the test modules as `testkit` (pytest puts tests/ on sys.path).
 """
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +13,24 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago (all held open together
+    while choosing, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
 VENV_BIN = Path(sys.executable).parent
 
 SMALL = {
