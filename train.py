@@ -34,7 +34,7 @@ log = logging.getLogger("train")
 # cannot be restored into this model.
 ARCHITECTURE_FIELDS = (
     "class_names", "backbone", "fpn_channels", "rpn_anchor_ratios", "rpn_conv_channels",
-    "pool_size", "mask_pool_size", "mask_shape", "fc_layers_size", "train_bn",
+    "pool_size", "mask_pool_size", "mask_shape", "fc_layers_size", "train_bn", "norm",
 )
 
 
@@ -102,8 +102,10 @@ def _load_data(hp, config_overrides, on_error):
 
 def _check_resumable(saved: dict, config) -> None:
     now = config.to_dict()
+    # a field the checkpoint's config lacks (written before the field existed) had its default
+    saved = {**type(config)().to_dict(), **saved}
     bad = [name for name in ARCHITECTURE_FIELDS
-           if name in saved and json.dumps(saved[name]) != json.dumps(now[name])]
+           if json.dumps(saved[name]) != json.dumps(now[name])]
     if bad:
         raise RuntimeError(
             f"the checkpoint was trained with different {bad} "
@@ -174,6 +176,12 @@ def run(hp, env, terminate) -> int:
         os.makedirs(folder, exist_ok=True)
 
     overrides = hp.config_overrides()
+    spec = hp.init_weights
+    if "init_weights" not in hp.given and weights_channel:
+        spec = weights_channel
+    from_scratch = str(spec).lower() == "none"
+    # From random weights GroupNorm trains (docs/quality.md); pretrained weights are BatchNorm's.
+    overrides.setdefault("norm", "group" if from_scratch else "batch")
     base = Config()
     seed = int(overrides.get("seed", base.seed))
     overrides.setdefault("seed", seed)
@@ -224,15 +232,12 @@ def run(hp, env, terminate) -> int:
     else:
         from casting.model.weights import load_init_weights
 
-        spec = hp.init_weights
-        if "init_weights" not in hp.given and weights_channel:
-            spec = weights_channel
         print(f"Starting from scratch; initial weights: {spec}", flush=True)
         report = load_init_weights(model, spec)
         print(report.summary(), flush=True)
         state = TrainState(seed=config.seed)
     # Random weights with frozen BatchNorm diverge: start them from one batch's statistics.
-    calibrate = latest is None and str(spec).lower() == "none"
+    calibrate = latest is None and from_scratch
     state.config = config.to_dict()
     if chief:
         manager.cleanup_partial()
@@ -243,8 +248,9 @@ def run(hp, env, terminate) -> int:
     data_config = config.replace(seed=config.seed + state.global_step)
     if calibrate:
         first = next(iter(make_dataset(train_records, data_config, training=True)))
-        model.calibrate_batchnorm(first)
-        print("Calibrated the frozen BatchNorm statistics on one training batch", flush=True)
+        if model.calibrate_batchnorm(first):
+            print("Calibrated the frozen BatchNorm statistics on one training batch",
+                  flush=True)
     if replicas.num_replicas > 1:
         # Each worker loaded, restored or calibrated on its own: start all from the chief's.
         count = broadcast_from_chief(strategy, list(model.weights) + list(optimizer.variables))

@@ -48,6 +48,9 @@ class Config:
     backbone: str = "resnet50"
     fpn_channels: int = 256
     train_bn: bool = False
+    # "batch": BatchNorm (frozen unless train_bn); "group": GroupNorm (32 groups) in the
+    # backbone and heads, trained, for training from random weights at small batches.
+    norm: str = "batch"
 
     # ---- anchors + RPN ---------------------------------------------------------------
     backbone_strides: tuple[int, ...] = (4, 8, 16, 32, 64)
@@ -64,8 +67,10 @@ class Config:
     post_nms_rois_inference: int = 1000
 
     # ---- ROI heads ---------------------------------------------------------------------
-    train_rois_per_image: int = 200
-    roi_positive_ratio: float = 0.33
+    # 128 ROIs a image, a quarter of them positive: the mask head (the costliest part of a
+    # training step at small inputs) trains on at most 32 per image.
+    train_rois_per_image: int = 128
+    roi_positive_ratio: float = 0.25
     roi_positive_iou: float = 0.5
     pool_size: int = 7
     mask_pool_size: int = 14
@@ -88,6 +93,9 @@ class Config:
     weight_decay: float = 1e-4
     gradient_clip_norm: float = 5.0
     warmup_steps: int = 100
+    # "cosine": the learning rate falls to 0 over the run (after the warm-up's linear rise);
+    # "none": constant within each schedule stage.
+    lr_decay: str = "cosine"
     # Several replicas: multiply the learning rates by their number (linear scaling rule;
     # the global batch is batch_size x replicas).
     scale_learning_rate: bool = False
@@ -95,6 +103,8 @@ class Config:
     loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
     schedule: tuple[dict[str, Any], ...] = ()
     augment: bool = True
+    # Repeat-factor sampling threshold (casting.data.sampling); 0 = every image once a pass.
+    repeat_threshold: float = 0.0
     seed: int = 42
     checkpoint_every_steps: int = 200
     keep_checkpoints: int = 3
@@ -141,6 +151,10 @@ class Config:
             raise ConfigError("class_names must not include the background class")
         if self.backbone not in ("resnet50", "resnet101"):
             raise ConfigError(f"backbone must be resnet50 or resnet101, not {self.backbone!r}")
+        if self.lr_decay not in ("none", "cosine"):
+            raise ConfigError(f"lr_decay must be 'none' or 'cosine', not {self.lr_decay!r}")
+        if self.norm not in ("batch", "group"):
+            raise ConfigError(f"norm must be 'batch' or 'group', not {self.norm!r}")
         if self.image_size % 64 != 0 or self.image_size < 64:
             raise ConfigError(f"image_size must be a multiple of 64 (>= 64), not {self.image_size}")
         if len(self.rpn_anchor_scales) != len(self.backbone_strides):
@@ -156,6 +170,8 @@ class Config:
                 raise ConfigError(f"schedule stage {stage} needs 'epochs'")
         if self.mask_shape != 2 * self.mask_pool_size:
             raise ConfigError("mask_shape must be twice mask_pool_size (one 2x deconvolution)")
+        if self.repeat_threshold < 0:
+            raise ConfigError(f"repeat_threshold must be >= 0, not {self.repeat_threshold}")
         for name in ("batch_size", "epochs", "steps_per_epoch", "max_gt_instances"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")

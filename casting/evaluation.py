@@ -5,9 +5,9 @@
 * :func:`detections_to_coco` - ``model.detect`` output (boxes y1, x1, y2, x2 in original
   pixels, 1-based class ids, scores, boolean masks) as COCO results.
 * :func:`coco_evaluate` - both together through ``COCOeval`` for ``bbox`` and ``segm``:
-  AP, AP50, AP75, AP_small/medium/large, AR100 and per-class AP (IoU 0.50:0.95, all areas,
-  100 detections). A statistic that COCO cannot compute (no ground truth of that size or
-  class) is ``None``.
+  AP, AP50, AP75, AP_small/medium/large, AR100, per-class AP (``per_class``: IoU 0.50:0.95)
+  and per-class AP50 (``per_class_AP50``), all areas, 100 detections. A statistic that
+  COCO cannot compute (no ground truth of that size or class) is ``None``.
 * :func:`evaluate_model` - runs ``model.detect`` image by image over records, then the above.
 * :func:`flat_metrics` - the numbers for :func:`casting.metrics.format_eval_line`.
 """
@@ -100,12 +100,30 @@ def _empty_summary(class_names: Sequence[str], has_gt: dict[str, bool], value) -
     out: dict[str, Any] = {name: value for name in SUMMARY_NAMES}
     out["AR100"] = value
     out["per_class"] = {name: (value if has_gt[name] else None) for name in class_names}
+    out["per_class_AP50"] = dict(out["per_class"])
     return out
 
 
 def _clean(value: float) -> float | None:
     value = float(value)
     return None if value < 0 else round(value, 6)
+
+
+def _mean_precision(p: np.ndarray) -> float | None:
+    p = p[p > -1]
+    return round(float(p.mean()), 6) if p.size else None
+
+
+def _per_class_ap(evaluator, class_names: Sequence[str]) -> tuple[dict, dict]:
+    """(AP at IoU 0.50:0.95, AP at IoU 0.50) per class: all areas, 100 detections."""
+    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
+    t50 = int(np.argmin(np.abs(np.asarray(evaluator.params.iouThrs) - 0.5)))
+    ap, ap50 = {}, {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        name = class_names[cat_id - 1]
+        ap[name] = _mean_precision(precision[:, :, k, 0, -1])
+        ap50[name] = _mean_precision(precision[t50, :, k, 0, -1])
+    return ap, ap50
 
 
 def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]],
@@ -152,14 +170,8 @@ def coco_evaluate(gt: dict[str, Any], results: list[dict[str, Any]],
         summary: dict[str, Any] = {name: _clean(stats[_STAT_INDEX[name]])
                                    for name in SUMMARY_NAMES}
         summary["AR100"] = _clean(stats[_STAT_INDEX["AR100"]])
-        precision = evaluator.eval["precision"]  # [T, R, K, A, M]
-        cat_ids = list(evaluator.params.catIds)
-        per_class = {}
-        for k, cat_id in enumerate(cat_ids):
-            p = precision[:, :, k, 0, -1]
-            p = p[p > -1]
-            per_class[class_names[cat_id - 1]] = round(float(p.mean()), 6) if p.size else None
-        summary["per_class"] = per_class
+        summary["per_class"], summary["per_class_AP50"] = _per_class_ap(evaluator,
+                                                                         class_names)
         out[iou_type] = summary
     return out
 

@@ -226,8 +226,8 @@ SPECS: tuple[Spec, ...] = (
        "BatchNorm). Default 1e-4."),
     _s("gradient_clip_norm", to_float, None, "Clip gradients to this global norm "
        "(0: off). Default 5.0."),
-    _s("warmup_steps", to_int, None, "Linear learning-rate warm-up over the first N steps. "
-       "Default 100."),
+    _s("warmup_steps", to_int, None, "Linear learning-rate warm-up over the first N steps, "
+       "at most a tenth of the run. Default 100."),
     _s("scale_learning_rate", to_bool, None, "With several replicas (GPUs or instances), "
        "multiply every learning rate by their number, as the global batch is --batch-size "
        "x replicas. Default False."),
@@ -239,6 +239,14 @@ SPECS: tuple[Spec, ...] = (
        "'epochs' is the number of epochs in that stage; 'layers' and 'lr' default to "
        "--layers and --learning-rate."),
     _s("augment", to_bool, None, "Random flips / photometric augmentation. Default True."),
+    _s("lr_decay", to_str, None, "Learning-rate decay over the run after the warm-up: "
+       "'cosine' (to 0 at the last step) or 'none' (constant in each stage). Default cosine."),
+    _s("norm", to_str, None, "Normalisation in the backbone and heads: 'batch' (BatchNorm, "
+       "frozen unless train_bn) or 'group' (GroupNorm, 32 groups, trained; for training "
+       "from random weights). Default: group with --init-weights none, else batch."),
+    _s("repeat_threshold", to_float, None, "Repeat-factor sampling: images holding a class "
+       "found in fewer than this fraction of the images are repeated (LVIS rule, "
+       "sqrt(t / f)); 0 turns it off. Default 0."),
     _s("seed", to_int, None, "Random seed. Default 42."),
     # checkpoints -----------------------------------------------------------------------
     _s("checkpoint_every_steps", to_int, None, "Also checkpoint every N steps "
@@ -277,7 +285,7 @@ CONFIG_FIELDS = (
     "image_size", "epochs", "steps_per_epoch", "validation_steps", "batch_size",
     "learning_rate", "momentum", "weight_decay", "gradient_clip_norm", "warmup_steps",
     "scale_learning_rate", "layers", "schedule", "augment", "seed", "checkpoint_every_steps", "keep_checkpoints",
-    "class_names",
+    "class_names", "lr_decay", "norm", "repeat_threshold",
 )
 
 

@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -51,6 +52,7 @@ WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_VERSION = 1
 WARMUP_START_FACTOR = 0.001
+LR_DECAYS = ("none", "cosine")
 STAGE_KEYS = {"epochs", "layers", "lr", "learning_rate"}
 
 
@@ -75,6 +77,7 @@ class Plan:
     stages: tuple[Stage, ...]
     steps_per_epoch: int
     warmup_steps: int = 0
+    lr_decay: str = "none"
 
     @property
     def total_epochs(self) -> int:
@@ -116,16 +119,22 @@ class Plan:
             layers = str(item.get("layers", config.layers))
             stages.append(Stage(i, start, epochs, layers, lr * float(lr_scale)))
             start += epochs
-        return cls(tuple(stages), int(config.steps_per_epoch), int(config.warmup_steps))
+        total = start * int(config.steps_per_epoch)
+        # A warm-up is a small part of a run: at most a tenth of it.
+        warmup = min(int(config.warmup_steps), total // 10)
+        return cls(tuple(stages), int(config.steps_per_epoch), warmup,
+                   str(getattr(config, "lr_decay", "none")))
 
     def lr_schedule(self) -> "WarmupStagedLR":
         boundaries = [s.start_epoch * self.steps_per_epoch for s in self.stages[1:]]
-        return WarmupStagedLR(boundaries, [s.lr for s in self.stages], self.warmup_steps)
+        return WarmupStagedLR(boundaries, [s.lr for s in self.stages], self.warmup_steps,
+                              total_steps=self.total_steps, decay=self.lr_decay)
 
     def describe(self) -> str:
+        decay = "; cosine decay to 0 over the run" if self.lr_decay == "cosine" else ""
         return "; ".join(
             f"stage {s.index + 1}: epochs {s.start_epoch + 1}-{s.end_epoch} layers={s.layers} "
-            f"lr={s.lr:g}" for s in self.stages) + f"; warm-up {self.warmup_steps} steps"
+            f"lr={s.lr:g}" for s in self.stages) + f"; warm-up {self.warmup_steps} steps{decay}"
 
 
 def _keras_callbacks_base():
@@ -143,14 +152,22 @@ def _lr_base():
 class WarmupStagedLR(_lr_base()):
     """Piecewise-constant learning rate per stage (``boundaries`` are global steps where a
     new stage starts), with a linear warm-up from ``WARMUP_START_FACTOR * lr`` over the
-    first ``warmup_steps`` steps of training."""
+    first ``warmup_steps`` steps of training. ``decay="cosine"`` multiplies it by
+    0.5 * (1 + cos(pi * step / total_steps)), falling to 0 at the end of the run."""
 
-    def __init__(self, boundaries: Sequence[int], values: Sequence[float], warmup_steps: int = 0):
+    def __init__(self, boundaries: Sequence[int], values: Sequence[float], warmup_steps: int = 0,
+                 total_steps: int = 0, decay: str = "none"):
         if len(values) != len(boundaries) + 1:
             raise ValueError("need one more value than boundaries")
+        if decay not in LR_DECAYS:
+            raise ValueError(f"lr decay must be one of {LR_DECAYS}, not {decay!r}")
+        if decay == "cosine" and total_steps < 1:
+            raise ValueError("cosine decay needs the run's total steps")
         self.boundaries = [int(b) for b in boundaries]
         self.values = [float(v) for v in values]
         self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.decay = decay
 
     def __call__(self, step):
         from keras import ops
@@ -163,6 +180,9 @@ class WarmupStagedLR(_lr_base()):
             frac = ops.minimum(step / float(self.warmup_steps), 1.0)
             factor = WARMUP_START_FACTOR + (1.0 - WARMUP_START_FACTOR) * frac
             lr = lr * factor
+        if self.decay == "cosine":
+            progress = ops.minimum(step / float(self.total_steps), 1.0)
+            lr = lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
         return lr
 
     def value_at(self, step: int) -> float:
@@ -174,11 +194,14 @@ class WarmupStagedLR(_lr_base()):
         if self.warmup_steps > 0:
             frac = min(step / self.warmup_steps, 1.0)
             lr *= WARMUP_START_FACTOR + (1.0 - WARMUP_START_FACTOR) * frac
+        if self.decay == "cosine":
+            lr *= 0.5 * (1.0 + math.cos(math.pi * min(step / self.total_steps, 1.0)))
         return lr
 
     def get_config(self):
         return {"boundaries": self.boundaries, "values": self.values,
-                "warmup_steps": self.warmup_steps}
+                "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                "decay": self.decay}
 
 
 def make_optimizer(config: Any, plan: Plan, decoupled_weight_decay: bool = True):

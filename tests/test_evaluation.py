@@ -58,6 +58,9 @@ def test_perfect_detections_score_one_and_absent_class_is_none():
         assert result[kind]["per_class"]["holes"] == pytest.approx(1.0)
         assert result[kind]["per_class"]["chipping"] is None  # no ground truth
         assert result[kind]["AP_small"] == pytest.approx(1.0)  # the 14x10 / 10x10 holes
+        assert result[kind]["per_class_AP50"] == {"disk": pytest.approx(1.0),
+                                                  "holes": pytest.approx(1.0),
+                                                  "chipping": None}
     json.dumps(result)  # serialisable as evaluation.json
 
 
@@ -72,6 +75,10 @@ def test_wrong_and_missing_detections_lower_ap():
     assert result["segm"]["per_class"]["holes"] == pytest.approx(0.0)
     assert result["bbox"]["per_class"]["holes"] == pytest.approx(0.5, abs=0.02)  # one of two boxes
     assert result["segm"]["AP"] < result["bbox"]["AP"] < 1.0
+    # AP50 per class: at IoU 0.5 the one correct hole box of two recalls half
+    assert result["bbox"]["per_class_AP50"]["holes"] == pytest.approx(0.5, abs=0.02)
+    assert result["segm"]["per_class_AP50"]["holes"] == pytest.approx(0.0)
+    assert result["segm"]["per_class_AP50"]["disk"] == pytest.approx(1.0)
 
 
 def test_no_detections_gives_zero_not_crash():
@@ -81,6 +88,7 @@ def test_no_detections_gives_zero_not_crash():
     result = coco_evaluate(records_to_coco(recs, CLASSES), detections_to_coco(empty), CLASSES)
     assert result["bbox"]["AP"] == 0.0 and result["segm"]["per_class"]["holes"] == 0.0
     assert result["segm"]["per_class"]["chipping"] is None
+    assert result["segm"]["per_class_AP50"] == {"disk": 0.0, "holes": 0.0, "chipping": None}
 
 
 def test_flat_metrics_feed_the_eval_line_and_metric_regexes():

@@ -55,15 +55,16 @@ CFG = Config(epochs=2, steps_per_epoch=5, learning_rate=0.05, warmup_steps=3,
 
 def test_plan_and_warmup_schedule():
     cfg = CFG.replace(schedule=({"epochs": 2, "layers": "heads", "lr": 0.01},
-                                {"epochs": 3, "layers": "all", "lr": 0.001}), warmup_steps=4)
+                                {"epochs": 3, "layers": "all", "lr": 0.001}), warmup_steps=2,
+                      lr_decay="none")
     plan = Plan.from_config(cfg)
     assert plan.total_epochs == 5 and plan.total_steps == 25
     assert [s.layers for s in plan.stages] == ["heads", "all"]
     assert plan.stage_for_epoch(1).index == 0 and plan.stage_for_epoch(2).index == 1
     sched = plan.lr_schedule()
     assert sched.value_at(0) == pytest.approx(1e-5)
-    assert sched.value_at(2) == pytest.approx(0.01 * (0.001 + 0.999 * 0.5))
-    assert sched.value_at(4) == sched.value_at(9) == pytest.approx(0.01)
+    assert sched.value_at(1) == pytest.approx(0.01 * (0.001 + 0.999 * 0.5))
+    assert sched.value_at(2) == sched.value_at(9) == pytest.approx(0.01)
     assert sched.value_at(10) == pytest.approx(0.001)  # stage 2 starts at step 2*5
     for step in (0, 2, 4, 9, 10, 24):
         assert float(sched(step)) == pytest.approx(sched.value_at(step), rel=1e-6)
@@ -230,3 +231,21 @@ def test_select_strategy_single_host_is_default():
     strategy = select_strategy(Env())
     assert strategy is tf.distribute.get_strategy()
     assert strategy.num_replicas_in_sync == 1
+
+
+def test_cosine_decay_and_warmup_at_most_a_tenth_of_the_run():
+    cfg = CFG.replace(epochs=4, steps_per_epoch=25, learning_rate=0.02, warmup_steps=50,
+                      lr_decay="cosine")
+    plan = Plan.from_config(cfg)
+    assert plan.total_steps == 100 and plan.warmup_steps == 10  # 50 asked, a tenth kept
+    assert "warm-up 10 steps" in plan.describe() and "cosine" in plan.describe()
+    sched = plan.lr_schedule()
+    assert sched.value_at(0) == pytest.approx(0.02 * 0.001 * 1.0)
+    assert sched.value_at(50) == pytest.approx(0.02 * 0.5)  # half way: cos(pi/2)
+    assert sched.value_at(100) == pytest.approx(0.0, abs=1e-12)
+    values = [sched.value_at(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # falls after the warm-up
+    for step in (0, 5, 10, 50, 99):
+        assert float(sched(step)) == pytest.approx(sched.value_at(step), rel=1e-5, abs=1e-9)
+    flat = Plan.from_config(cfg.replace(lr_decay="none")).lr_schedule()
+    assert flat.value_at(20) == flat.value_at(99) == pytest.approx(0.02)

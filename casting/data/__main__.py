@@ -1,8 +1,11 @@
-"""python -m casting.data {synth,convert,check} ...
+"""python -m casting.data {synth,convert,check,split} ...
 
   synth   --out DIR --count N --seed S [--format supervisely|coco|both] [--size 512]
   convert SRC DST          Supervisely (or COCO) -> COCO folder (annotations.json + images/)
   check   DIR              counts per class, sizes, and every problem (exit 1 if any)
+  split   SRC --out DST [--test-fraction 0.2] [--seed 0] [--copy] [--force]
+                           deterministic train/test split by image, stratified by the
+                           Supervisely image tags: DST/train, DST/test, DST/split.json
 """
 
 from __future__ import annotations
@@ -24,6 +27,27 @@ def _class_map(items):
     return out
 
 
+def _split(args) -> None:
+    import os
+
+    from casting.data.split_write import split_dataset, summary_line
+
+    tags = [t.strip() for t in args.stratify_tags.split(",") if t.strip()] \
+        if args.stratify_tags else None
+    summary = split_dataset(args.src, args.out, args.test_fraction, args.seed, copy=args.copy,
+                            force=args.force, stratify=not args.no_stratify,
+                            stratify_tags=tags)
+    used = summary["stratified_by_tags"]
+    how = (f"stratified by the tags {', '.join(used)}" if used
+           else "not stratified" + (" (--no-stratify)" if args.no_stratify
+                                    else " (the images carry no tags)"))
+    print(f"split {summary['source']} (seed {summary['seed']}, test fraction "
+          f"{summary['test_fraction']:g}, {how}; {summary['files']}s) -> "
+          f"{os.path.abspath(args.out)}")
+    for side in ("train", "test"):
+        print(summary_line(side, summary[side]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m casting.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +66,20 @@ def main(argv=None) -> int:
     p = sub.add_parser("check", help="report counts, sizes and problems")
     p.add_argument("path")
     p.add_argument("--class-map", action="append", metavar="OLD=NEW")
+    p = sub.add_parser("split", help="deterministic train/test split into two Supervisely "
+                       "folders")
+    p.add_argument("src", help="Supervisely project (or COCO folder) to split")
+    p.add_argument("--out", required=True, help="writes OUT/train, OUT/test, OUT/split.json")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--copy", action="store_true",
+                   help="copy the image and annotation files (default: symbolic links)")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT/train and OUT/test even when they hold other content")
+    p.add_argument("--no-stratify", action="store_true",
+                   help="ignore the image tags (a plain random split)")
+    p.add_argument("--stratify-tags", metavar="TAG,TAG",
+                   help="stratify by these image tags only (default: every image tag)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -63,6 +101,8 @@ def main(argv=None) -> int:
                               on_error="skip" if args.skip_bad else "raise")
             path = write_coco(ds, args.dst, progress=True)
             print(f"wrote {len(ds.records)} images to {path}")
+        elif args.command == "split":
+            _split(args)
         else:
             t0 = time.perf_counter()
             _, report = read_dataset(args.path, _class_map(args.class_map))

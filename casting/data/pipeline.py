@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from casting.data.augment import augment as _augment
 from casting.data.records import DatasetRecords
+from casting.data.sampling import index_stream, repeat_factors
 
 log = logging.getLogger("casting.data")
 
@@ -114,13 +115,32 @@ def _instance_loader(ds: DatasetRecords, max_instances: int):
     return load
 
 
+def _repeat_factor_files(ds: DatasetRecords, threshold: float, seed: int, repeat: bool,
+                         input_context) -> tf.data.Dataset:
+    """(index, path) pairs drawn by repeat-factor sampling (casting.data.sampling): each
+    pass holds an image about its repeat factor times, shuffled. Several input pipelines
+    each take their own images (image i -> pipeline i mod count)."""
+    factors = repeat_factors(ds, threshold)
+    mine = np.arange(len(ds.records))
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        mine = mine[input_context.input_pipeline_id::input_context.num_input_pipelines]
+        seed += input_context.input_pipeline_id
+    paths = tf.constant([ds.records[i].image_path for i in mine])
+    own = factors[mine]
+    indices = tf.data.Dataset.from_generator(
+        lambda: index_stream(own, seed, repeat), output_signature=tf.TensorSpec([], tf.int64))
+    index_map = tf.constant(mine, tf.int64)
+    return indices.map(lambda i: (tf.gather(index_map, i), tf.gather(paths, i)))
+
+
 def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | None = None,
                  input_context: tf.distribute.InputContext | None = None,
                  repeat: bool | None = None) -> tf.data.Dataset:
     """A tf.data.Dataset of batch dicts (see docs/design.md "Batches").
 
     training=True: shuffled (seeded by config.seed), augmented when config.augment,
-    repeated, incomplete final batch dropped. training=False: file order, no augmentation,
+    repeated, incomplete final batch dropped; with config.repeat_threshold > 0 images of rare
+    classes are repeated (casting.data.sampling). training=False: file order, no augmentation,
     no repeat, final partial batch kept. `repeat` overrides the repeat choice.
     `input_context` shards the file list per input pipeline before anything is decoded.
     `batch_size` (default config.batch_size) is the batch this pipeline yields.
@@ -135,15 +155,20 @@ def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | N
     seed = int(config.seed)
 
     paths = [r.image_path for r in ds.records]
-    files = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(paths), dtype=np.int64), np.array(paths, dtype=object).astype(str)))
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        seed += input_context.input_pipeline_id  # different shuffles per worker
-    if training:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        files = files.repeat()
+    threshold = float(getattr(config, "repeat_threshold", 0.0) or 0.0)
+    if training and threshold > 0:
+        files = _repeat_factor_files(ds, threshold, seed, repeat, input_context)
+    else:
+        files = tf.data.Dataset.from_tensor_slices(
+            (np.arange(len(paths), dtype=np.int64), np.array(paths, dtype=object).astype(str)))
+        if input_context is not None and input_context.num_input_pipelines > 1:
+            files = files.shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id)
+            seed += input_context.input_pipeline_id  # different shuffles per worker
+        if training:
+            files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            files = files.repeat()
     files = files.enumerate()  # example counter -> per-example augmentation seed
 
     load_np = _instance_loader(ds, max_n)

@@ -139,7 +139,8 @@ def object_mask(obj: Mapping[str, Any], height: int, width: int) -> tuple[np.nda
 
 
 # ---- reading -------------------------------------------------------------------------------
-def _find_annotation(ann_dir: str, image_name: str) -> str | None:
+def find_annotation(ann_dir: str, image_name: str) -> str | None:
+    """The annotation of `image_name` in `ann_dir`: `<image>.json` or `<stem>.json`."""
     for cand in (image_name + ".json", os.path.splitext(image_name)[0] + ".json"):
         path = os.path.join(ann_dir, cand)
         if os.path.isfile(path):
@@ -228,7 +229,7 @@ def read_supervisely(root: str, class_map: Mapping[str, str | None] | None = Non
         for name in images:
             image_id = f"{ds_name}/{name}"
             image_path = os.path.join(img_dir, name)
-            ann_path = _find_annotation(ann_dir, name)
+            ann_path = find_annotation(ann_dir, name)
             if ann_path is None:
                 report.problems.append(chk.Problem(
                     chk.MISSING_ANNOTATION, image_path,
@@ -322,19 +323,23 @@ def write_supervisely(ds: DatasetRecords, out_dir: str, dataset_name: str = "ds"
         dst = os.path.join(img_dir, name)
         if os.path.abspath(rec.image_path) != os.path.abspath(dst):
             shutil.copyfile(rec.image_path, dst)
-        objects = []
-        for inst in rec.instances:
-            if not inst.mask.any():
-                continue
-            data, origin = encode_bitmap(inst.mask)
-            objects.append({
-                "classTitle": ds.class_names[inst.class_id - 1],
-                "geometryType": "bitmap",
-                "bitmap": {"data": data, "origin": origin},
-                "tags": [{"name": "iscrowd", "value": None}] if inst.iscrowd else [],
-            })
-        ann = {"description": "", "tags": [],
-               "size": {"height": rec.height, "width": rec.width}, "objects": objects}
         with open(os.path.join(ann_dir, name + ".json"), "w", encoding="utf-8") as fh:
-            json.dump(ann, fh)
+            json.dump(annotation_json(rec, ds.class_names), fh)
     return out_dir
+
+
+def annotation_json(rec: Record, class_names: Sequence[str]) -> dict:
+    """A record's Supervisely annotation: every non-empty instance as a bitmap object."""
+    objects = []
+    for inst in rec.instances:
+        if not inst.mask.any():
+            continue
+        data, origin = encode_bitmap(inst.mask)
+        objects.append({
+            "classTitle": class_names[inst.class_id - 1],
+            "geometryType": "bitmap",
+            "bitmap": {"data": data, "origin": origin},
+            "tags": [{"name": "iscrowd", "value": None}] if inst.iscrowd else [],
+        })
+    return {"description": "", "tags": [],
+            "size": {"height": rec.height, "width": rec.width}, "objects": objects}

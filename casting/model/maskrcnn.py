@@ -18,7 +18,8 @@ from casting.model import rpn as rpn_lib
 from casting.model.anchors import anchors_for_config
 from casting.model.fpn import build_backbone_fpn
 from casting.model.roi_heads import (
-    BoxHead, MaskHead, mask_targets, num_positive_slots, pool, refine_detections, sample_rois,
+    BoxHead, MaskHead, mask_targets_flat, num_positive_slots, pool, pool_flat, positive_rois,
+    refine_detections, sample_rois,
 )
 from casting.model.transform import paste_masks, resize_and_pad_tf, to_rgb
 
@@ -46,9 +47,10 @@ class MaskRCNN(keras.Model):
         self.rpn = rpn_lib.RPNHead(config.anchors_per_location, config.rpn_conv_channels,
                                    name="rpn_model")
         self.box_head = BoxHead(config.num_classes, config.fc_layers_size, config.pool_size,
-                                config.train_bn, name="mrcnn_box_head")
+                                config.train_bn, config.norm, name="mrcnn_box_head")
         self.mask_head = MaskHead(config.num_classes, config.fpn_channels,
-                                  config.mask_pool_size, config.train_bn, name="mrcnn_mask_head")
+                                  config.mask_pool_size, config.train_bn, config.norm,
+                                  name="mrcnn_mask_head")
         c = config.fpn_channels
         self.rpn.build((None, None, None, c))
         self.box_head.build((None, None, config.pool_size, config.pool_size, c))
@@ -142,13 +144,13 @@ class MaskRCNN(keras.Model):
         rois = sample_rois(proposals, gt_boxes, gt_class_ids, cfg)
         class_logits, deltas = self.box_head(pool(pyramid, rois["rois"], cfg.pool_size),
                                              training=training)
-        npos = num_positive_slots(cfg)
-        pos_rois = rois["rois"][:, :npos]
-        pos_classes = rois["class_ids"][:, :npos]
-        mask_logits = self.mask_head(pool(pyramid, pos_rois, cfg.mask_pool_size),
-                                     training=training)
-        targets = mask_targets(batch["gt_masks"], pos_rois, rois["gt_index"][:, :npos],
-                               cfg.mask_shape)
+        # The mask head trains on the positive ROIs that exist, as one flat list [1, P].
+        pos = positive_rois(rois, num_positive_slots(cfg))
+        pooled = pool_flat(pyramid, pos["rois"], pos["image_index"], cfg.mask_pool_size)
+        mask_logits = self.mask_head(pooled[None], training=training)
+        targets = mask_targets_flat(batch["gt_masks"], pos["rois"], pos["image_index"],
+                                    pos["gt_index"], cfg.mask_shape)[None]
+        pos_classes = pos["class_ids"][None]
         return {
             "rpn_class_loss": L.rpn_class_loss(match, rpn_logits),
             "rpn_bbox_loss": L.rpn_bbox_loss(match, rpn_target, rpn_deltas),
@@ -157,19 +159,22 @@ class MaskRCNN(keras.Model):
             "mrcnn_bbox_loss": L.mrcnn_bbox_loss(rois["class_ids"], rois["deltas"], deltas,
                                                  rois["positive"]),
             "mrcnn_mask_loss": L.mrcnn_mask_loss(pos_classes, targets, mask_logits,
-                                                 rois["positive"][:, :npos]),
+                                                 tf.ones_like(pos_classes, tf.bool)),
         }
 
-    def calibrate_batchnorm(self, batch) -> None:
+    def calibrate_batchnorm(self, batch) -> int:
         """Set every BatchNorm's moving statistics from one batch of training data.
 
         Frozen BatchNorm with freshly initialised statistics (mean 0, variance 1) leaves a
         deep ResNet unnormalised, and its activations explode. Without pretrained weights,
         call this once before training: one forward pass in training mode with momentum 0
         makes each layer's statistics those of the batch, so the frozen network starts
-        normalised."""
+        normalised. Returns the number of BatchNorm layers set (0 with GroupNorm: nothing
+        to do)."""
         bns = [layer for layer in self.named_layers().values()
                if isinstance(layer, keras.layers.BatchNormalization)]
+        if not bns:
+            return 0
         saved = [(bn.trainable, bn.momentum) for bn in bns]
         for bn in bns:
             bn.trainable = True
@@ -182,6 +187,7 @@ class MaskRCNN(keras.Model):
                 bn.momentum = momentum
             self.train_function = None
             self.test_function = None
+        return len(bns)
 
     def weight_decay_loss(self) -> tf.Tensor:
         """0.5 * weight_decay * sum of squared conv/dense kernels being trained."""

@@ -170,13 +170,24 @@ def multilevel_roi_align(features: list[tf.Tensor], boxes: tf.Tensor, output_siz
     num = tf.shape(boxes)[1]
     flat_boxes = tf.reshape(boxes, [-1, 4])
     flat_index = tf.repeat(tf.range(batch), num)
-    levels = fpn_levels(flat_boxes, 2, 1 + len(features))
+    merged = multilevel_roi_align_flat(features, flat_boxes, flat_index, output_size, strides,
+                                       sampling_ratio)
+    channels = features[0].shape[-1]
+    return tf.reshape(merged, [batch, num, output_size, output_size, channels])
+
+
+def multilevel_roi_align_flat(features: list[tf.Tensor], boxes: tf.Tensor,
+                              box_indices: tf.Tensor, output_size: int,
+                              strides=(4, 8, 16, 32), sampling_ratio: int = 2) -> tf.Tensor:
+    """ROI Align of a flat list of boxes [K, 4] of images `box_indices` [K] over P2..P5.
+    Returns [K, output_size, output_size, C] (K may be 0)."""
+    levels = fpn_levels(boxes, 2, 1 + len(features))
     pooled, order = [], []
     for i, (feature, stride) in enumerate(zip(features, strides)):
         idx = tf.where(tf.equal(levels, i + 2))[:, 0]
-        pooled.append(roi_align(feature, tf.gather(flat_boxes, idx), tf.gather(flat_index, idx),
+        pooled.append(roi_align(feature, tf.gather(boxes, idx), tf.gather(box_indices, idx),
                                 float(stride), output_size, sampling_ratio))
         order.append(tf.cast(idx, tf.int32))
     merged = tf.dynamic_stitch(order, pooled)
     channels = features[0].shape[-1]
-    return tf.reshape(merged, [batch, num, output_size, output_size, channels])
+    return tf.reshape(merged, [-1, output_size, output_size, channels])

@@ -12,7 +12,7 @@ import tensorflow as tf
 from keras import layers
 
 from casting.model import ops
-from casting.model.backbone import batch_norm
+from casting.model.backbone import norm_layer
 from casting.model.rpn import random_subset
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -22,14 +22,14 @@ class BoxHead(keras.layers.Layer):
     """Pooled ROI features [B, K, P, P, C] -> class logits [B, K, N], deltas [B, K, N, 4]."""
 
     def __init__(self, num_classes: int, fc_size: int = 1024, pool_size: int = 7,
-                 train_bn: bool = False, **kwargs):
+                 train_bn: bool = False, norm: str = "batch", **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.pool_size = pool_size
         self.conv1 = layers.Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1")
-        self.bn1 = batch_norm("mrcnn_class_bn1", train_bn)
+        self.bn1 = norm_layer("mrcnn_class_bn1", norm, train_bn)
         self.conv2 = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2")
-        self.bn2 = batch_norm("mrcnn_class_bn2", train_bn)
+        self.bn2 = norm_layer("mrcnn_class_bn2", norm, train_bn)
         self.logits = layers.Dense(num_classes, name="mrcnn_class_logits",
                                    kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
         self.bbox = layers.Dense(4 * num_classes, name="mrcnn_bbox_fc",
@@ -68,13 +68,13 @@ class MaskHead(keras.layers.Layer):
     """Pooled ROI features [B, K, M, M, C] -> mask logits [B, K, 2M, 2M, N]."""
 
     def __init__(self, num_classes: int, channels: int = 256, pool_size: int = 14,
-                 train_bn: bool = False, **kwargs):
+                 train_bn: bool = False, norm: str = "batch", **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.pool_size = pool_size
         self.convs = [layers.Conv2D(channels, 3, padding="same", name=f"mrcnn_mask_conv{i}")
                       for i in range(1, 5)]
-        self.bns = [batch_norm(f"mrcnn_mask_bn{i}", train_bn) for i in range(1, 5)]
+        self.bns = [norm_layer(f"mrcnn_mask_bn{i}", norm, train_bn) for i in range(1, 5)]
         self.deconv = layers.Conv2DTranspose(channels, 2, strides=2, activation="relu",
                                              name="mrcnn_mask_deconv")
         self.mask = layers.Conv2D(num_classes, 1, name="mrcnn_mask")
@@ -144,19 +144,30 @@ def num_positive_slots(config) -> int:
     return max(1, int(round(config.train_rois_per_image * config.roi_positive_ratio)))
 
 
-def mask_targets(gt_masks: tf.Tensor, rois: tf.Tensor, gt_index: tf.Tensor, size: int):
-    """Ground-truth masks [B, N, S, S] cropped to `rois` [B, K, 4] (their matched masks
-    `gt_index` [B, K]) and resampled to size x size at bin centres -> float {0, 1} [B, K, s, s]."""
-    batch, num_gt = tf.shape(gt_masks)[0], tf.shape(gt_masks)[1]
+def mask_targets_flat(gt_masks: tf.Tensor, rois: tf.Tensor, image_index: tf.Tensor,
+                      gt_index: tf.Tensor, size: int):
+    """Mask targets for a flat list of ROIs [K, 4] of images `image_index` [K], each matched
+    to ground truth `gt_index` [K] of its image -> float {0, 1} [K, size, size]."""
+    num_gt = tf.shape(gt_masks)[1]
     height, width = tf.shape(gt_masks)[2], tf.shape(gt_masks)[3]
-    num = tf.shape(rois)[1]
     masks = ops.pad_edges(tf.reshape(gt_masks, [-1, height, width, 1]))
-    flat_rois = tf.reshape(rois, [-1, 4])
-    box_index = tf.reshape(tf.range(batch)[:, None] * num_gt + gt_index, [-1])
-    crop_boxes = ops.aligned_crop_boxes(flat_rois, 1.0, tf.shape(masks), size, offset=1.0)
+    box_index = image_index * num_gt + gt_index
+    crop_boxes = ops.aligned_crop_boxes(rois, 1.0, tf.shape(masks), size, offset=1.0)
     crops = tf.image.crop_and_resize(masks, crop_boxes, box_index, [size, size])
-    crops = tf.cast(crops[..., 0] >= 0.5, tf.float32)
-    return tf.stop_gradient(tf.reshape(crops, [batch, num, size, size]))
+    return tf.stop_gradient(tf.cast(crops[..., 0] >= 0.5, tf.float32))
+
+
+def positive_rois(rois: dict, npos: int) -> dict:
+    """The positive ROIs that exist, flattened over the batch (the mask head trains on these
+    alone, not on empty slots): rois [P, 4], image_index [P], class_ids [P], gt_index [P]."""
+    where = tf.where(rois["positive"][:, :npos])
+    image_index = tf.cast(where[:, 0], tf.int32)
+    return {
+        "rois": tf.gather_nd(rois["rois"][:, :npos], where),
+        "image_index": image_index,
+        "class_ids": tf.gather_nd(rois["class_ids"][:, :npos], where),
+        "gt_index": tf.gather_nd(rois["gt_index"][:, :npos], where),
+    }
 
 
 def refine_detections(rois: tf.Tensor, class_logits: tf.Tensor, deltas: tf.Tensor,
@@ -198,3 +209,9 @@ def refine_detections(rois: tf.Tensor, class_logits: tf.Tensor, deltas: tf.Tenso
 def pool(pyramid, boxes, size):
     """ROI Align of [B, K, 4] boxes over P2..P5."""
     return ops.multilevel_roi_align(list(pyramid[:4]), boxes, size, PYRAMID_STRIDES)
+
+
+def pool_flat(pyramid, boxes, image_index, size):
+    """ROI Align of a flat list of boxes [K, 4] of images `image_index` [K] over P2..P5."""
+    return ops.multilevel_roi_align_flat(list(pyramid[:4]), boxes, image_index, size,
+                                         PYRAMID_STRIDES)

@@ -74,12 +74,28 @@ def test_fpn_levels():
     assert ops.fpn_levels(boxes).numpy().tolist() == [4, 3, 2, 5]
 
 
-def test_multilevel_roi_align_matches_single_level_per_box():
-    rng = np.random.default_rng(1)
+def _pyramid_and_boxes(seed=1):
+    """P2..P5 of two 64 px images and two boxes per image of different levels."""
+    rng = np.random.default_rng(seed)
     features = [tf.constant(rng.normal(size=(2, 64 // s, 64 // s, 3)), tf.float32)
                 for s in (4, 8, 16, 32)]
     boxes = tf.constant([[[0, 0, 10, 10], [0, 0, 60, 60]], [[5, 5, 40, 40], [1, 2, 9, 30]]],
                         tf.float32)
+    return features, boxes
+
+
+def test_flat_multilevel_roi_align_matches_the_batched_form():
+    features, boxes = _pyramid_and_boxes(4)
+    batched = ops.multilevel_roi_align(features, boxes, 3).numpy()
+    flat = ops.multilevel_roi_align_flat(features, tf.reshape(boxes, [-1, 4]),
+                                         tf.constant([0, 0, 1, 1]), 3).numpy()
+    np.testing.assert_allclose(flat.reshape(batched.shape), batched, atol=1e-6)
+    empty = ops.multilevel_roi_align_flat(features, tf.zeros([0, 4]), tf.zeros([0], tf.int32), 3)
+    assert empty.shape == (0, 3, 3, 3)
+
+
+def test_multilevel_roi_align_matches_single_level_per_box():
+    features, boxes = _pyramid_and_boxes()
     out = ops.multilevel_roi_align(features, boxes, 2).numpy()
     levels = ops.fpn_levels(tf.reshape(boxes, [-1, 4])).numpy()
     for i, level in enumerate(levels):

@@ -32,3 +32,37 @@ def test_box_head_matmul_equals_the_convolutions_it_replaces():
         loss = tf.reduce_sum(head(pooled, training=False)[0])
     grads = tape.gradient(loss, [head.conv1.kernel, head.conv2.kernel])
     assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
+
+
+def test_positive_rois_are_the_filled_positive_slots_of_every_image():
+    from casting.model.roi_heads import positive_rois
+
+    rois = {
+        "rois": tf.constant([[[0, 0, 4, 4], [1, 1, 5, 5], [0, 0, 0, 0]],
+                             [[2, 2, 9, 9], [0, 0, 0, 0], [3, 3, 6, 6]]], tf.float32),
+        "positive": tf.constant([[True, True, False], [True, False, True]]),
+        "class_ids": tf.constant([[1, 2, 0], [2, 0, 1]]),
+        "gt_index": tf.constant([[0, 1, 0], [3, 0, 2]]),
+    }
+    # the third slot is a negative slot (npos = 2): never taken, even when marked positive
+    pos = positive_rois(rois, npos=2)
+    np.testing.assert_array_equal(pos["image_index"], [0, 0, 1])
+    np.testing.assert_array_equal(pos["rois"], [[0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 9, 9]])
+    np.testing.assert_array_equal(pos["class_ids"], [1, 2, 2])
+    np.testing.assert_array_equal(pos["gt_index"], [0, 1, 3])
+    none = positive_rois({**rois, "positive": tf.zeros([2, 3], tf.bool)}, npos=2)
+    assert none["rois"].shape == (0, 4)
+
+
+def test_mask_targets_crop_the_matched_instance_of_its_image():
+    from casting.model.roi_heads import mask_targets_flat
+
+    # a mask target is the matched instance's mask, cropped to the ROI at bin centres
+    gt = np.zeros((2, 2, 64, 64), np.uint8)
+    gt[1, 1, 8:24, 8:16] = 1  # image 1, instance 1: left half of the ROI below
+    targets = mask_targets_flat(tf.constant(gt), tf.constant([[8, 8, 24, 24]], tf.float32),
+                                tf.constant([1]), tf.constant([1]), 4).numpy()
+    np.testing.assert_array_equal(targets[0], [[1, 1, 0, 0]] * 4)
+    other = mask_targets_flat(tf.constant(gt), tf.constant([[8, 8, 24, 24]], tf.float32),
+                              tf.constant([0]), tf.constant([1]), 4).numpy()
+    assert other.sum() == 0  # image 0 has no such mask
