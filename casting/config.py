@@ -19,6 +19,8 @@ from typing import Any
 
 DEFAULT_CLASS_NAMES = ("disk", "holes", "chipping", "deburring")
 LAYER_GROUPS = ("heads", "3+", "4+", "5+", "all")
+NORMS = ("batch", "group")
+LR_DECAYS = ("none", "cosine")
 LOSS_NAMES = (
     "rpn_class_loss",
     "rpn_bbox_loss",
@@ -151,10 +153,10 @@ class Config:
             raise ConfigError("class_names must not include the background class")
         if self.backbone not in ("resnet50", "resnet101"):
             raise ConfigError(f"backbone must be resnet50 or resnet101, not {self.backbone!r}")
-        if self.lr_decay not in ("none", "cosine"):
-            raise ConfigError(f"lr_decay must be 'none' or 'cosine', not {self.lr_decay!r}")
-        if self.norm not in ("batch", "group"):
-            raise ConfigError(f"norm must be 'batch' or 'group', not {self.norm!r}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ConfigError(f"lr_decay must be one of {LR_DECAYS}, not {self.lr_decay!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {NORMS}, not {self.norm!r}")
         if self.image_size % 64 != 0 or self.image_size < 64:
             raise ConfigError(f"image_size must be a multiple of 64 (>= 64), not {self.image_size}")
         if len(self.rpn_anchor_scales) != len(self.backbone_strides):

@@ -5,10 +5,8 @@ with a small model; ``train.py`` wires it to Mask R-CNN.
 
 * :func:`select_strategy` - one place that picks the ``tf.distribute`` strategy (it lives in
   :mod:`casting.distribute`, with the other multi-worker helpers).
-* :class:`Plan` / :class:`Stage` - the staged schedule (``[{"epochs": 2, "layers": "heads",
-  "lr": 1e-3}, ...]``) over a fixed number of steps per epoch.
-* :class:`WarmupStagedLR` - linear warm-up, then the stage's learning rate, as a function
-  of the optimizer's step counter (so it is restored with the optimizer).
+* :class:`Plan` / :class:`Stage` / :class:`WarmupStagedLR` - the staged schedule and its
+  learning rate (they live in :mod:`casting.schedule`, re-exported here).
 * :func:`make_optimizer` - SGD with momentum, decoupled weight decay (not on biases or
   normalisation parameters) and global-norm gradient clipping.
 * :class:`CheckpointManager` - ``ckpt-<global step>/`` folders written under a temporary
@@ -29,7 +27,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -37,11 +34,14 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from casting.distribute import select_strategy  # noqa: F401 - re-exported here
+from casting.schedule import (  # noqa: F401 - re-exported here
+    Plan, Stage, WarmupStagedLR, total_steps_text,
+)
 
 log = logging.getLogger("casting.training")
 
@@ -51,157 +51,12 @@ STATE_FILE = "state.json"
 WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_VERSION = 1
-WARMUP_START_FACTOR = 0.001
-LR_DECAYS = ("none", "cosine")
-STAGE_KEYS = {"epochs", "layers", "lr", "learning_rate"}
-
-
-# ---------------------------------------------------------------------------------------
-# schedule
-# ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Stage:
-    index: int
-    start_epoch: int
-    epochs: int
-    layers: str
-    lr: float
-
-    @property
-    def end_epoch(self) -> int:
-        return self.start_epoch + self.epochs
-
-
-@dataclass(frozen=True)
-class Plan:
-    stages: tuple[Stage, ...]
-    steps_per_epoch: int
-    warmup_steps: int = 0
-    lr_decay: str = "none"
-
-    @property
-    def total_epochs(self) -> int:
-        return self.stages[-1].end_epoch
-
-    @property
-    def total_steps(self) -> int:
-        return self.total_epochs * self.steps_per_epoch
-
-    def stage_for_epoch(self, epoch: int) -> Stage:
-        for stage in self.stages:
-            if epoch < stage.end_epoch:
-                return stage
-        return self.stages[-1]
-
-    @classmethod
-    def from_config(cls, config: Any, lr_scale: float = 1.0) -> "Plan":
-        """Stages from ``config.schedule`` (each stage's ``epochs`` is its own length), or
-        one stage of ``config.epochs`` / ``config.layers`` / ``config.learning_rate``.
-        Every learning rate is multiplied by ``lr_scale`` (the number of replicas when
-        ``config.scale_learning_rate``)."""
-        raw = list(config.schedule) or [
-            {"epochs": config.epochs, "layers": config.layers, "lr": config.learning_rate}
-        ]
-        stages = []
-        start = 0
-        for i, item in enumerate(raw):
-            unknown = set(item) - STAGE_KEYS
-            if unknown:
-                raise ValueError(
-                    f"schedule stage {i + 1} has unknown keys {sorted(unknown)}; valid: "
-                    "epochs, layers, lr")
-            epochs = int(item["epochs"])
-            if epochs < 1:
-                raise ValueError(f"schedule stage {i + 1}: epochs must be >= 1")
-            lr = float(item.get("lr", item.get("learning_rate", config.learning_rate)))
-            if not lr > 0:
-                raise ValueError(f"schedule stage {i + 1}: lr must be > 0")
-            layers = str(item.get("layers", config.layers))
-            stages.append(Stage(i, start, epochs, layers, lr * float(lr_scale)))
-            start += epochs
-        total = start * int(config.steps_per_epoch)
-        # A warm-up is a small part of a run: at most a tenth of it.
-        warmup = min(int(config.warmup_steps), total // 10)
-        return cls(tuple(stages), int(config.steps_per_epoch), warmup,
-                   str(getattr(config, "lr_decay", "none")))
-
-    def lr_schedule(self) -> "WarmupStagedLR":
-        boundaries = [s.start_epoch * self.steps_per_epoch for s in self.stages[1:]]
-        return WarmupStagedLR(boundaries, [s.lr for s in self.stages], self.warmup_steps,
-                              total_steps=self.total_steps, decay=self.lr_decay)
-
-    def describe(self) -> str:
-        decay = "; cosine decay to 0 over the run" if self.lr_decay == "cosine" else ""
-        return "; ".join(
-            f"stage {s.index + 1}: epochs {s.start_epoch + 1}-{s.end_epoch} layers={s.layers} "
-            f"lr={s.lr:g}" for s in self.stages) + f"; warm-up {self.warmup_steps} steps{decay}"
 
 
 def _keras_callbacks_base():
     import keras
 
     return keras.callbacks.Callback
-
-
-def _lr_base():
-    import keras
-
-    return keras.optimizers.schedules.LearningRateSchedule
-
-
-class WarmupStagedLR(_lr_base()):
-    """Piecewise-constant learning rate per stage (``boundaries`` are global steps where a
-    new stage starts), with a linear warm-up from ``WARMUP_START_FACTOR * lr`` over the
-    first ``warmup_steps`` steps of training. ``decay="cosine"`` multiplies it by
-    0.5 * (1 + cos(pi * step / total_steps)), falling to 0 at the end of the run."""
-
-    def __init__(self, boundaries: Sequence[int], values: Sequence[float], warmup_steps: int = 0,
-                 total_steps: int = 0, decay: str = "none"):
-        if len(values) != len(boundaries) + 1:
-            raise ValueError("need one more value than boundaries")
-        if decay not in LR_DECAYS:
-            raise ValueError(f"lr decay must be one of {LR_DECAYS}, not {decay!r}")
-        if decay == "cosine" and total_steps < 1:
-            raise ValueError("cosine decay needs the run's total steps")
-        self.boundaries = [int(b) for b in boundaries]
-        self.values = [float(v) for v in values]
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = int(total_steps)
-        self.decay = decay
-
-    def __call__(self, step):
-        from keras import ops
-
-        step = ops.cast(step, "float32")
-        lr = ops.convert_to_tensor(self.values[0], "float32")
-        for boundary, value in zip(self.boundaries, self.values[1:]):
-            lr = ops.where(step >= boundary, ops.convert_to_tensor(value, "float32"), lr)
-        if self.warmup_steps > 0:
-            frac = ops.minimum(step / float(self.warmup_steps), 1.0)
-            factor = WARMUP_START_FACTOR + (1.0 - WARMUP_START_FACTOR) * frac
-            lr = lr * factor
-        if self.decay == "cosine":
-            progress = ops.minimum(step / float(self.total_steps), 1.0)
-            lr = lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
-        return lr
-
-    def value_at(self, step: int) -> float:
-        """The same as ``__call__`` in plain Python (for logs and tests)."""
-        lr = self.values[0]
-        for boundary, value in zip(self.boundaries, self.values[1:]):
-            if step >= boundary:
-                lr = value
-        if self.warmup_steps > 0:
-            frac = min(step / self.warmup_steps, 1.0)
-            lr *= WARMUP_START_FACTOR + (1.0 - WARMUP_START_FACTOR) * frac
-        if self.decay == "cosine":
-            lr *= 0.5 * (1.0 + math.cos(math.pi * min(step / self.total_steps, 1.0)))
-        return lr
-
-    def get_config(self):
-        return {"boundaries": self.boundaries, "values": self.values,
-                "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "decay": self.decay}
 
 
 def make_optimizer(config: Any, plan: Plan, decoupled_weight_decay: bool = True):
@@ -807,10 +662,6 @@ def repeat_if_finite(dataset: Any) -> Any:
     if card == 0:
         raise ValueError("the dataset is empty")
     return dataset.repeat()
-
-
-def total_steps_text(plan: Plan) -> str:
-    return f"{plan.total_epochs} epochs x {plan.steps_per_epoch} steps = {plan.total_steps} steps"
 
 
 __all__ = [

@@ -115,22 +115,16 @@ def _instance_loader(ds: DatasetRecords, max_instances: int):
     return load
 
 
-def _repeat_factor_files(ds: DatasetRecords, threshold: float, seed: int, repeat: bool,
-                         input_context) -> tf.data.Dataset:
-    """(index, path) pairs drawn by repeat-factor sampling (casting.data.sampling): each
-    pass holds an image about its repeat factor times, shuffled. Several input pipelines
-    each take their own images (image i -> pipeline i mod count)."""
-    factors = repeat_factors(ds, threshold)
-    mine = np.arange(len(ds.records))
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        mine = mine[input_context.input_pipeline_id::input_context.num_input_pipelines]
-        seed += input_context.input_pipeline_id
-    paths = tf.constant([ds.records[i].image_path for i in mine])
-    own = factors[mine]
-    indices = tf.data.Dataset.from_generator(
+def _repeat_factor_files(ds: DatasetRecords, mine: np.ndarray, paths: np.ndarray,
+                         threshold: float, seed: int, repeat: bool) -> tf.data.Dataset:
+    """(index, path) pairs of this pipeline's images `mine` drawn by repeat-factor sampling
+    (casting.data.sampling): each pass holds an image about its repeat factor times,
+    shuffled."""
+    own = repeat_factors(ds, threshold)[mine]
+    positions = tf.data.Dataset.from_generator(
         lambda: index_stream(own, seed, repeat), output_signature=tf.TensorSpec([], tf.int64))
-    index_map = tf.constant(mine, tf.int64)
-    return indices.map(lambda i: (tf.gather(index_map, i), tf.gather(paths, i)))
+    indices, names = tf.constant(mine, tf.int64), tf.constant(paths)
+    return positions.map(lambda i: (tf.gather(indices, i), tf.gather(names, i)))
 
 
 def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | None = None,
@@ -154,17 +148,16 @@ def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | N
     do_augment = bool(training and config.augment)
     seed = int(config.seed)
 
-    paths = [r.image_path for r in ds.records]
-    threshold = float(getattr(config, "repeat_threshold", 0.0) or 0.0)
+    paths = np.array([r.image_path for r in ds.records], dtype=object).astype(str)
+    mine = np.arange(len(paths), dtype=np.int64)  # this input pipeline's images
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        mine = mine[input_context.input_pipeline_id::input_context.num_input_pipelines]
+        seed += input_context.input_pipeline_id  # different shuffles per worker
+    threshold = float(config.repeat_threshold)
     if training and threshold > 0:
-        files = _repeat_factor_files(ds, threshold, seed, repeat, input_context)
+        files = _repeat_factor_files(ds, mine, paths[mine], threshold, seed, repeat)
     else:
-        files = tf.data.Dataset.from_tensor_slices(
-            (np.arange(len(paths), dtype=np.int64), np.array(paths, dtype=object).astype(str)))
-        if input_context is not None and input_context.num_input_pipelines > 1:
-            files = files.shard(input_context.num_input_pipelines,
-                                input_context.input_pipeline_id)
-            seed += input_context.input_pipeline_id  # different shuffles per worker
+        files = tf.data.Dataset.from_tensor_slices((mine, paths[mine]))
         if training:
             files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         if repeat:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from casting.config import NORMS
+
 BN_EPSILON = 1e-3
 STAGE_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 STAGE_FILTERS = ((64, 64, 256), (128, 128, 512), (256, 256, 1024), (512, 512, 2048))
@@ -23,7 +25,6 @@ def _block_letter(index: int) -> str:
 
 GN_GROUPS = 32
 GN_EPSILON = 1e-5
-NORMS = ("batch", "group")
 
 
 def batch_norm(name: str, train_bn: bool) -> layers.BatchNormalization:

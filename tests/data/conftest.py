@@ -4,18 +4,11 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from datakit import write_image
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-
-
-def write_image(path, height, width, value=128):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    arr = np.full((height, width, 3), value, dtype=np.uint8)
-    fmt = "JPEG" if path.lower().endswith((".jpg", ".jpeg")) else "PNG"
-    Image.fromarray(arr).save(path, format=fmt)
 
 
 @pytest.fixture

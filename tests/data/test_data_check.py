@@ -3,16 +3,11 @@
 import json
 import logging
 
-import numpy as np
 import pytest
 
 from casting.data import DatasetError, load_dataset, read_dataset
 from casting.data.__main__ import main as cli
-from PIL import Image
-
-
-def write_image(path, height, width):
-    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(path, format="JPEG")
+from datakit import write_image
 
 
 def _edit_json(path, fn):

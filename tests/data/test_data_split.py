@@ -11,7 +11,7 @@ from casting.data.__main__ import main as data_cli
 from casting.data.split import allocate, choose_split, num_test_images, stratum_label
 from casting.data.split_write import SplitError, split_dataset
 
-from conftest import write_image
+from datakit import write_image
 
 CLASSES = ("disk", "holes", "chipping")
 
