@@ -4,7 +4,7 @@
 In the image, `serve` (on PATH) execs this file with no arguments: it serves /opt/ml/model
 on 0.0.0.0:${SAGEMAKER_BIND_TO_PORT:-8080} with gunicorn. Locally:
 
-    python serve.py --model-dir runs/model --port 8080
+    python serve.py --model-dir output/model --port 8080
 
 See docs/serving.md for the endpoint's request and response formats.
 """

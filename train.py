@@ -12,7 +12,9 @@ See ``docs/training.md`` and ``python train.py --help``. In short:
 * hyperparameters are parsed tolerantly (``casting.hparams``);
 * data: channels ``train`` / ``validation`` (Supervisely or COCO), else the synthetic set;
 * checkpoints every N steps and at epoch ends, atomically; the newest valid one is resumed
-  (weights, optimizer, epoch, step, stage, random state); SIGTERM checkpoints and exits 0;
+  (weights, optimizer, epoch, step, stage, random state); SIGTERM checkpoints at the end of
+  the step under way and exits 0; a NaN or infinite loss or gradient norm stops the run
+  with exit 1 before anything is written from those weights (docs/training.md);
 * outputs: the model folder (``SM_MODEL_DIR``), ``evaluation.json`` + ``history.csv`` +
   overlays (``SM_OUTPUT_DATA_DIR``), TensorBoard logs, one ``[eval]`` metrics line per
   evaluation; any exception writes a short reason to the failure file and exits 1.
@@ -29,13 +31,6 @@ import tempfile
 import time
 
 log = logging.getLogger("train")
-
-# Config fields that change the network's variables: a checkpoint saved with other values
-# cannot be restored into this model.
-ARCHITECTURE_FIELDS = (
-    "class_names", "backbone", "fpn_channels", "rpn_anchor_ratios", "rpn_conv_channels",
-    "pool_size", "mask_pool_size", "mask_shape", "fc_layers_size", "train_bn", "norm",
-)
 
 
 def _setup_logging() -> None:
@@ -100,22 +95,6 @@ def _load_data(hp, config_overrides, on_error):
     return train, val, source
 
 
-def _check_resumable(saved: dict, config) -> None:
-    now = config.to_dict()
-    # a field the checkpoint's config lacks (written before the field existed) had its default
-    saved = {**type(config)().to_dict(), **saved}
-    bad = [name for name in ARCHITECTURE_FIELDS
-           if json.dumps(saved[name]) != json.dumps(now[name])]
-    if bad:
-        raise RuntimeError(
-            f"the checkpoint was trained with different {bad} "
-            f"({ {k: saved[k] for k in bad} } vs { {k: now[k] for k in bad} }); use another "
-            "--checkpoint-dir or --resume False")
-    changed = sorted(k for k in now if k in saved and json.dumps(saved[k]) != json.dumps(now[k]))
-    if changed:
-        log.warning("resuming with changed hyperparameters: %s", changed)
-
-
 def _overlays(kept, class_names, out_dir, min_score: float) -> list[str]:
     """PNGs of the kept validation images with the detections a deployed model would
     return (score above the config's detection_min_confidence)."""
@@ -149,7 +128,7 @@ def run(hp, env, terminate) -> int:
     from casting.evaluation import evaluate_model, flat_metrics
     from casting.metrics import format_eval_line
     from casting.training import (CheckpointManager, Plan, ScalarSummaries, TrainState,
-                                  TrainingLoop,
+                                  TrainingLoop, check_resumable, provenance,
                                   build_optimizer_for_all_layers, make_optimizer,
                                   repeat_if_finite, seed_everything, select_strategy,
                                   total_steps_text, write_history_csv)
@@ -172,8 +151,10 @@ def run(hp, env, terminate) -> int:
     output_dir = _path(hp.output_data_dir, env.output_data_dir, "output_data_dir")
     checkpoint_dir = _path(hp.checkpoint_dir, env.checkpoint_dir, "checkpoint_dir")
     tensorboard_dir = _path(hp.tensorboard_dir, env.tensorboard_dir, "tensorboard_dir")
-    for folder in (output_dir, checkpoint_dir, tensorboard_dir):
+    for folder in (output_dir, tensorboard_dir):
         os.makedirs(folder, exist_ok=True)
+    if chief:  # a checkpoint folder that cannot take a checkpoint stops us before any work
+        CheckpointManager(checkpoint_dir).check_writable()
 
     overrides = hp.config_overrides()
     spec = hp.init_weights
@@ -211,8 +192,25 @@ def run(hp, env, terminate) -> int:
 
     # ---- model ---------------------------------------------------------------------------
     seed_everything(config.seed)
+    if hp.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        # (determinism requires the global generator, which checkpoints record, to be set)
+        tf.random.set_global_generator(tf.random.Generator.from_seed(config.seed))
+        print("Deterministic op kernels: on (--deterministic)", flush=True)
     manager = CheckpointManager(checkpoint_dir, keep=config.keep_checkpoints)
+    data = provenance(source, train_records, val_records)
     latest = manager.latest_valid() if hp.resume else None
+    if latest is not None:
+        changed = check_resumable(latest[0], latest[1].config, latest[1].extra.get("data"),
+                                  config, data)
+        if changed:
+            log.warning("resuming with changed hyperparameters: %s", changed)
+    elif not hp.resume and chief:
+        moved = manager.set_aside()
+        if moved:
+            print(f"--resume False: moved the earlier checkpoints into {moved}", flush=True)
     from casting.model import MaskRCNN, save_model_dir
 
     with strategy.scope():
@@ -224,30 +222,37 @@ def run(hp, env, terminate) -> int:
 
     if latest is not None:
         path, saved = latest
-        _check_resumable(saved.config, config)
         state = manager.restore(path, model, optimizer)
+        saved_spe = int(saved.config.get("steps_per_epoch", plan.steps_per_epoch))
+        if saved_spe != plan.steps_per_epoch:
+            # the position is the global step; epochs are counted in the new length
+            state.epoch, state.step_in_epoch = divmod(state.global_step, plan.steps_per_epoch)
+            state.stage = plan.stage_for_epoch(state.epoch).index
+            print(f"steps-per-epoch changed from {saved_spe} to {plan.steps_per_epoch}: the "
+                  f"checkpoint's {state.global_step} steps count as {state.epoch} epochs and "
+                  f"{state.step_in_epoch} steps now", flush=True)
         print(f"Resuming from checkpoint {path}: epoch {state.epoch + 1}, step "
               f"{state.step_in_epoch} of {plan.steps_per_epoch} (global step "
               f"{state.global_step}, stage {state.stage + 1})", flush=True)
     else:
         from casting.model.weights import load_init_weights
 
-        print(f"Starting from scratch; initial weights: {spec}", flush=True)
+        print(f"Starting a new run (no checkpoint to resume); initial weights: {spec}",
+              flush=True)
         report = load_init_weights(model, spec)
         print(report.summary(), flush=True)
         state = TrainState(seed=config.seed)
     # Random weights with frozen BatchNorm diverge: start them from one batch's statistics.
     calibrate = latest is None and from_scratch
     state.config = config.to_dict()
+    state.extra["data"] = data
     if chief:
         manager.cleanup_partial()
 
     from casting.data.pipeline import make_dataset
 
-    # A resumed run draws a different (still deterministic) data order than the first.
-    data_config = config.replace(seed=config.seed + state.global_step)
     if calibrate:
-        first = next(iter(make_dataset(train_records, data_config, training=True)))
+        first = next(iter(make_dataset(train_records, config, training=True)))
         if model.calibrate_batchnorm(first):
             print("Calibrated the frozen BatchNorm statistics on one training batch",
                   flush=True)
@@ -262,23 +267,29 @@ def run(hp, env, terminate) -> int:
             state.global_step = chief_step
             state.epoch, state.step_in_epoch = divmod(chief_step, plan.steps_per_epoch)
             state.stage = plan.stage_for_epoch(state.epoch).index
-            data_config = config.replace(seed=config.seed + state.global_step)
         print(f"Replicas start from the chief's values of {count} variables", flush=True)
 
     shard_validation = len(val_records) >= replicas.num_workers
 
-    def train_fn(context, batch):
-        return make_dataset(train_records, data_config, training=True, batch_size=batch,
-                            input_context=context)
+    def train_data_from(step: int):
+        """The training stream from global step `step` on: the same images, order and
+        augmentation as an uninterrupted run from step 0 (casting.data.pipeline, `skip`)."""
+        def train_fn(context, batch):
+            pipelines = context.num_input_pipelines if context is not None else 1
+            per_step = global_batch // pipelines  # images this pipeline gives each step
+            return make_dataset(train_records, config, training=True, batch_size=batch,
+                                input_context=context, skip=step * per_step)
+
+        data = distributed_dataset(strategy, replicas, train_fn, config.batch_size)
+        return repeat_if_finite(data) if replicas.num_replicas <= 1 else data
 
     def val_fn(context, batch):
         return make_dataset(val_records, config, training=False, batch_size=batch,
                             input_context=context if shard_validation else None, repeat=True)
 
-    train_data = distributed_dataset(strategy, replicas, train_fn, config.batch_size)
     val_data = distributed_dataset(strategy, replicas, val_fn, config.batch_size)
     if replicas.num_replicas <= 1:
-        train_data, val_data = repeat_if_finite(train_data), repeat_if_finite(val_data)
+        val_data = repeat_if_finite(val_data)
     validation_steps = max(1, min(config.validation_steps,
                                   math.ceil(len(val_records) / config.batch_size)))
 
@@ -303,14 +314,15 @@ def run(hp, env, terminate) -> int:
         checkpoint_every_steps=config.checkpoint_every_steps,
         history_csv=history_csv if chief else None,
         validation_steps=validation_steps, extra_callbacks=extra,
-        on_epoch_end=on_epoch_end if chief else None, verbose=2,
+        on_epoch_end=on_epoch_end if chief else None,
+        verbose=1 if sys.stdout.isatty() else 2, log_every_steps=hp.log_every_steps,
         agree=(lambda flag: any_worker(strategy, flag)) if replicas.multi_worker else None)
     for callback in extra:
         callback.loop = loop
     if state.epoch >= plan.total_epochs:
         print(f"Training already complete ({state.epoch} epochs): evaluating and exporting",
               flush=True)
-    loop.run(train_data, val_data)
+    loop.run(train_data_from, val_data)
     if replicas.num_replicas > 1:
         print(f"Weights digest (worker {replicas.worker_index}, global step "
               f"{state.global_step}): {weights_digest(model.weights)}", flush=True)
@@ -348,8 +360,19 @@ def run(hp, env, terminate) -> int:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """Leave at once after a stop signal. The checkpoint is on disk (fsynced) and nothing
+    else is left to do; TensorFlow's teardown of the input pipeline's threads can take
+    longer than the 120 s SageMaker grants before SIGKILL."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv=None) -> int:
     _setup_logging()
+    from casting.errors import Explained
     from casting.hparams import parse_hyperparameters
     from casting.sagemaker import SageMakerEnv, write_failure
     failure_file = None
@@ -357,18 +380,35 @@ def main(argv=None) -> int:
         env = SageMakerEnv.from_env()
         failure_file = env.failure_file
         hp = parse_hyperparameters(argv)  # --help prints and exits 0 here
-        from casting.training import TerminationFlag  # imports TensorFlow
+        if hp.output_data_dir and "output_data_dir" in hp.given:
+            # the failure file goes with the outputs given (SageMaker: /opt/ml/output/failure)
+            failure_file = os.path.join(os.path.dirname(os.path.abspath(hp.output_data_dir)),
+                                        "failure")
+        if os.path.isfile(failure_file):  # an earlier run's; this run writes its own
+            os.remove(failure_file)
+        from casting.quiet import import_tensorflow
+
+        import_tensorflow()  # without its CUDA probing noise on a CPU machine
+        from casting.training import TerminationFlag
 
         terminate = TerminationFlag().install()
-        return run(hp, env, terminate)
+        code = run(hp, env, terminate)
+        if terminate.is_set():
+            _exit_now(code)
+        return code
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure must be reported
-        log.exception("training failed")
+        if isinstance(exc, Explained):
+            # The message says what happened and what to do; a traceback would bury it.
+            print(f"Training stopped: {exc}", file=sys.stderr, flush=True)
+        else:
+            log.exception("training failed")
         if failure_file:
             try:
                 text = write_failure(failure_file, exc)
-                print(f"Failure reason written to {failure_file}: {text}", flush=True)
+                print(f"Failure reason written to {failure_file}"
+                      + ("" if isinstance(exc, Explained) else f": {text}"), flush=True)
             except OSError as write_exc:
                 log.error("cannot write the failure file %s: %s", failure_file, write_exc)
         return 1

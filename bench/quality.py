@@ -50,7 +50,7 @@ OWNED = {"train": "--train", "validation": "--test", "batch_size": "--batch-size
          "output_data_dir": "--work", "checkpoint_dir": "--work", "tensorboard_dir": "--work"}
 # train.py defaults changed for the benchmark unless passed through
 DEFAULTS = {"init_weights": "none", "checkpoint_every_steps": "0", "validation_steps": "1",
-            "saved_model": "False"}
+            "saved_model": "False", "log_every_steps": "50"}
 
 
 class BenchError(Exception):

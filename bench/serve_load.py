@@ -2,7 +2,7 @@
 """Bounded loopback load against the hosting endpoint: throughput, p50/p99 latency, errors.
 
     # start serve.py on a model folder, load it at concurrency 1, 4, 16, stop it:
-    python bench/serve_load.py --model-dir runs/model
+    python bench/serve_load.py --model-dir output/model
     # no model at hand: build a random-init one (image_size 512 by default) in a temp folder
     python bench/serve_load.py --random-model 512
     # an endpoint that is already running (loopback only)

@@ -195,11 +195,11 @@ def flat_metrics(result: dict[str, Any], per_class: bool = False) -> dict[str, f
     return flat
 
 
-def load_image(path: str) -> np.ndarray:
-    from PIL import Image
+def load_image(path: str, orientation: int = 1) -> np.ndarray:
+    """A record's image as the training pipeline sees it (casting.images)."""
+    from casting.images import read_rgb
 
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    return read_rgb(path, orientation)
 
 
 def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str],
@@ -227,7 +227,7 @@ def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str
     for i, rec in enumerate(records):
         if should_stop is not None and should_stop():
             raise InterruptedError("stop requested during evaluation")
-        image = load_image(rec.image_path)
+        image = load_image(rec.image_path, getattr(rec, "orientation", 1))
         det = (model.detect([image])[0] if min_confidence is None
                else model.detect([image], min_confidence=min_confidence)[0])
         detections.append(det)

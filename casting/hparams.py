@@ -23,8 +23,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from casting.errors import Explained
 
-class HyperparameterError(ValueError):
+
+class HyperparameterError(Explained, ValueError):
     """A hyperparameter name or value is not valid."""
 
 
@@ -248,6 +250,9 @@ SPECS: tuple[Spec, ...] = (
        "found in fewer than this fraction of the images are repeated (LVIS rule, "
        "sqrt(t / f)); 0 turns it off. Default 0."),
     _s("seed", to_int, None, "Random seed. Default 42."),
+    _s("deterministic", to_bool, False, "Bit-for-bit repeatable training on one machine "
+       "(TensorFlow's deterministic op kernels; slower). Without it two runs of the same "
+       "seed agree to float rounding only."),
     # checkpoints -----------------------------------------------------------------------
     _s("checkpoint_every_steps", to_int, None, "Also checkpoint every N steps "
        "(0: only at epoch ends). Default 200.", "checkpoints"),
@@ -255,6 +260,10 @@ SPECS: tuple[Spec, ...] = (
        "checkpoints"),
     _s("resume", to_bool, True, "Resume from the newest valid checkpoint in "
        "--checkpoint-dir.", "checkpoints"),
+    # progress --------------------------------------------------------------------------
+    _s("log_every_steps", to_int, 0, "Also print a progress line (step, s/step, losses) "
+       "every N steps (0: none). Where stdout is a terminal Keras' progress bar shows too; "
+       "elsewhere (CloudWatch) there is one line per epoch.", "checkpoints"),
     # evaluation ------------------------------------------------------------------------
     _s("eval_every_epochs", to_int, 0, "Also run COCO evaluation every N epochs "
        "(0: only after training).", "evaluation"),
@@ -374,7 +383,8 @@ def parse_hyperparameters(argv: Sequence[str] | None = None) -> Hyperparameters:
         raise HyperparameterError("--val-fraction must be in [0, 1)")
     if not 0.0 <= values["eval_min_confidence"] < 1.0:
         raise HyperparameterError("--eval-min-confidence must be in [0, 1)")
-    for name in ("synthetic_images", "eval_every_epochs", "eval_max_images", "overlays"):
+    for name in ("synthetic_images", "eval_every_epochs", "eval_max_images", "overlays",
+                 "log_every_steps"):
         if values[name] < 0:
             raise HyperparameterError(f"--{name.replace('_', '-')} must be >= 0")
     return Hyperparameters(values=values, given=frozenset(given))

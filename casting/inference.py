@@ -257,7 +257,10 @@ class Predictor:
             raise ValueError("give exactly one of model_dir or model")
         started = time.monotonic()
         if model is None:
-            from casting.model import load_model_dir  # TF import is slow: only when needed
+            from casting.quiet import import_tensorflow
+
+            import_tensorflow()  # slow, so only when needed; without CPU start-up noise
+            from casting.model import load_model_dir
 
             self.model_dir: str | None = resolve_model_dir(model_dir)
             model = load_model_dir(self.model_dir)

@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from casting.files import write_atomic
+
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_BASE_DIR = "/opt/ml"
 # SageMaker reads at most 1024 characters of the failure file into FailureReason.
@@ -32,9 +34,17 @@ def base_dir(environ: Mapping[str, str] | None = None) -> str:
     return environ.get(BASE_DIR_ENV) or DEFAULT_BASE_DIR
 
 
-def _usable(path: str, base: str) -> bool:
-    """True if ``path`` can be written: it exists and is writable, or it does not exist
-    yet and the base folder exists and is writable (so it can be created)."""
+def _usable(path: str, base: str, is_file: bool = False) -> bool:
+    """True if ``path`` can be written: a folder that exists and is writable, or does not
+    exist yet while the base folder exists and is writable (so it can be created); with
+    ``is_file``, a file whose folder is usable so (an existing file is replaced)."""
+    if is_file:
+        if os.path.isdir(path):
+            return False
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isfile(path):  # e.g. an earlier run's failure file: it is replaced
+            return os.access(folder, os.W_OK | os.X_OK)
+        return _usable(folder, base)
     if os.path.isdir(path):
         return os.access(path, os.W_OK | os.X_OK)
     if os.path.exists(path):
@@ -42,8 +52,8 @@ def _usable(path: str, base: str) -> bool:
     return os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK)
 
 
-def _pick(sm_path: str, base: str, local_path: str) -> str:
-    return sm_path if _usable(sm_path, base) else os.path.abspath(local_path)
+def _pick(sm_path: str, base: str, local_path: str, is_file: bool = False) -> str:
+    return sm_path if _usable(sm_path, base, is_file) else os.path.abspath(local_path)
 
 
 def _int(value: str | None, default: int) -> int:
@@ -96,10 +106,11 @@ class SageMakerEnv:
             if key.startswith("SM_CHANNEL_") and value
         }
 
-        def path(var: str | None, sm_rel: str, local_rel: str) -> str:
+        def path(var: str | None, sm_rel: str, local_rel: str, is_file: bool = False) -> str:
             if var and environ.get(var):
                 return environ[var]
-            return _pick(os.path.join(base, sm_rel), base, os.path.join(local, local_rel))
+            return _pick(os.path.join(base, sm_rel), base, os.path.join(local, local_rel),
+                         is_file)
 
         current_host = environ.get("SM_CURRENT_HOST") or "algo-1"
         hosts_text = environ.get("SM_HOSTS")
@@ -123,7 +134,7 @@ class SageMakerEnv:
             output_data_dir=path("SM_OUTPUT_DATA_DIR", "output/data", "data"),
             checkpoint_dir=path(None, "checkpoints", "checkpoints"),
             tensorboard_dir=path(None, "output/tensorboard", "tensorboard"),
-            failure_file=path(None, "output/failure", "failure"),
+            failure_file=path(None, "output/failure", "failure", is_file=True),
             hosts=hosts,
             current_host=current_host,
             num_gpus=_int(environ.get("SM_NUM_GPUS"), 0),
@@ -172,11 +183,5 @@ def write_failure(path: str | os.PathLike, exc_or_message: BaseException | str) 
     """Write a short failure reason to ``path`` atomically and return the text written."""
     path = os.fspath(path)
     text = failure_reason(exc_or_message)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text + "\n")
     return text

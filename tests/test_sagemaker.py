@@ -77,20 +77,36 @@ def test_from_env_falls_back_to_local_output(tmp_path, monkeypatch):
     assert env.channels == {} and env.hosts == (env.current_host,) and env.is_chief
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write read-only folders")
-def test_from_env_read_only_base_falls_back(tmp_path, monkeypatch):
+def test_from_env_unwritable_base_falls_back(tmp_path, monkeypatch):
+    # A base that cannot hold folders, even for root (CI runs as root, and root writes into
+    # read-only folders): a file where the folder should be.
     base = tmp_path / "opt" / "ml"
-    (base / "model").mkdir(parents=True)
-    base.chmod(0o555)
-    (base / "model").chmod(0o555)
+    base.parent.mkdir(parents=True)
+    base.write_text("not a folder")
     monkeypatch.chdir(tmp_path)
-    try:
-        env = SageMakerEnv.from_env({"SAGEMAKER_BASE_DIR": str(base)})
-    finally:
-        (base / "model").chmod(0o755)
-        base.chmod(0o755)
+    env = SageMakerEnv.from_env({"SAGEMAKER_BASE_DIR": str(base)})
     assert env.model_dir == str(tmp_path / "output" / "model")
     assert env.checkpoint_dir == str(tmp_path / "output" / "checkpoints")
+    assert env.failure_file == str(tmp_path / "output" / "failure")
+    if os.geteuid() != 0:  # and, where the permission bits bind, a read-only base
+        base.unlink()
+        (base / "model").mkdir(parents=True)
+        base.chmod(0o555)
+        (base / "model").chmod(0o555)
+        try:
+            env = SageMakerEnv.from_env({"SAGEMAKER_BASE_DIR": str(base)})
+        finally:
+            (base / "model").chmod(0o755)
+            base.chmod(0o755)
+        assert env.model_dir == str(tmp_path / "output" / "model")
+
+
+def test_failure_file_of_an_earlier_run_is_reused_not_a_fallback(tmp_path):
+    base = tmp_path / "opt" / "ml"
+    (base / "output").mkdir(parents=True)
+    (base / "output" / "failure").write_text("an earlier run's reason")
+    env = SageMakerEnv.from_env({"SAGEMAKER_BASE_DIR": str(base)})
+    assert env.failure_file == str(base / "output" / "failure")
 
 
 def test_from_env_unusable_path_falls_back(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ def build_test_model_dir(tmp_path_factory) -> str:
         class_names=CLASS_NAMES, image_size=64, max_gt_instances=4, fpn_channels=32,
         rpn_conv_channels=32, fc_layers_size=64, pre_nms_limit=400,
         post_nms_rois_training=64, post_nms_rois_inference=64, train_rois_per_image=16,
-        detection_max_instances=6, batch_size=2,
+        detection_max_instances=6, batch_size=2, norm="group",  # as train.py from scratch
     )
     s, n = cfg.image_size, cfg.max_gt_instances
     rng = np.random.default_rng(0)
@@ -550,5 +550,8 @@ def test_sigterm_finishes_in_flight_and_exits_zero(model_dir, tmp_path):
         assert not any(os.path.exists(f"/proc/{p}") for p in workers)
         with pytest.raises(requests.ConnectionError):
             requests.get(srv.url + "/ping", timeout=2)
+        log = srv.tail(10**6)
+        for noise in ("cuInit", "cudart_stub", "absl::InitializeLog"):  # CPU start-up noise
+            assert noise not in log, log[-2000:]
     finally:
         srv.stop()

@@ -16,7 +16,7 @@ import pytest
 
 from casting.metrics import METRIC_DEFINITIONS, parse_metrics
 
-from testkit import ROOT, SMALL, VENV_BIN, Proc, _env, _synthetic  # noqa: F401
+from testkit import ROOT, SMALL, VENV_BIN, Proc, _env, _synthetic, h5_weights_finite  # noqa: F401,E501
 
 
 def _train(args, tmp, base=None):
@@ -100,14 +100,99 @@ def test_broken_dataset_and_bad_hyperparameter_fail_with_a_reason(tmp_path):
     failure = (base / "output" / "failure").read_text()
     assert failure.startswith("DatasetError") and ann.name in failure
     assert ann.name in proc.text  # the whole check report is in the log
+    text = proc.text
+    assert "Traceback" not in text and "--on-data-error skip" in text  # what to do
+    assert text.count("1 problem (") == 1  # the report once, not twice
     assert not (base / "model").exists() or not os.listdir(base / "model")
     assert not glob.glob(str(base / "checkpoints" / "ckpt-*"))
+
+    # with --output-data-dir the failure file goes beside it
+    elsewhere = tmp_path / "elsewhere" / "data"
+    proc = _train(["--train", str(tmp_path / "no-such-folder"), "--output-data-dir",
+                   str(elsewhere)], tmp_path, base)
+    assert proc.finish(timeout=300) == 1
+    assert "no-such-folder" in (tmp_path / "elsewhere" / "failure").read_text()
 
     (base / "output" / "failure").unlink()
     proc = _train(["--epochz", "3"], tmp_path, base)
     assert proc.finish(timeout=120) == 1
     failure = (base / "output" / "failure").read_text()
     assert "--epochz" in failure and "steps_per_epoch" in failure
+
+
+def test_diverging_run_stops_at_the_nan_step_and_writes_nothing_from_it(tmp_path):
+    base = tmp_path / "opt" / "ml"
+    base.mkdir(parents=True)
+    proc = _train(["--image-size", "64", "--batch-size", "1", "--epochs", "2",
+                   "--steps-per-epoch", "4", "--checkpoint-every-steps", "1",
+                   "--init-weights", "none", "--synthetic-images", "4", "--learning-rate",
+                   "1000", "--warmup-steps", "0", "--gradient-clip-norm", "0",
+                   "--saved-model", "False", "--overlays", "0", "--log-every-steps", "1",
+                   "--config", json.dumps(SMALL)], tmp_path, base)
+    rc = proc.finish(timeout=400)
+    log = proc.text
+    assert rc == 1, log[-3000:]
+    for noise in ("cuInit", "cudart_stub", "absl::InitializeLog"):  # CPU start-up noise
+        assert noise not in log, noise  # (the toolkit's own launcher imports TF unfiltered)
+    steps = [ln for ln in log.splitlines() if ln.startswith("step 1/8 (epoch 1/2, 1/4) ")]
+    assert steps and "s/step " in steps[0] and " loss=" in steps[0], log[-3000:]  # progress
+    failure = (base / "output" / "failure").read_text()
+    assert failure.startswith("NonFiniteError: non-finite training values at epoch 1, step")
+    assert "loss=nan" in failure or "loss=inf" in failure, failure
+    assert "--learning-rate" in failure and "--gradient-clip-norm" in failure
+    assert "Training stopped: non-finite" in log and "Traceback" not in log
+    assert not (base / "model" / "model.weights.h5").exists()
+    assert not (base / "output" / "data" / "evaluation.json").exists()
+    ckpts = sorted(glob.glob(str(base / "checkpoints" / "ckpt-*")))
+    stop_step = int(failure.split("(global step ")[1].split(")")[0])
+    assert [int(p.rsplit("-", 1)[1]) for p in ckpts] == list(range(1, stop_step))
+    if ckpts:
+        assert f"the newest checkpoint, {ckpts[-1]}, holds the last finite weights" in failure
+    for path in ckpts:  # every checkpoint on disk is finite
+        assert h5_weights_finite(Path(path) / "model.weights.h5"), path
+
+
+def test_a_run_on_other_data_refuses_the_old_checkpoints_then_starts_over(tmp_path):
+    base = tmp_path / "opt" / "ml"
+    base.mkdir(parents=True)
+    small = ["--image-size", "64", "--batch-size", "1", "--epochs", "1", "--steps-per-epoch",
+             "2", "--init-weights", "none", "--saved-model", "False", "--overlays", "0",
+             "--config", json.dumps(SMALL)]
+    proc = _train(small + ["--synthetic-images", "4"], tmp_path, base)
+    assert proc.finish(timeout=400) == 0, proc.text[-3000:]
+    model_file = base / "model" / "model.weights.h5"
+    first_model = model_file.read_bytes()
+
+    other = Path(_synthetic(tmp_path / "other", count=5, seed=9))
+    proc = _train(small + ["--train", str(other)], tmp_path, base)
+    assert proc.finish(timeout=400) == 1, proc.text[-3000:]
+    log = proc.text
+    assert "belongs to another run" in log and "other training data" in log
+    assert "3 training images from synthetic" in log and f"from {other}" in log
+    assert "--checkpoint-dir" in log and "--resume False" in log
+    assert "Traceback" not in log and "Stage 1/" not in log  # refused before training
+    assert model_file.read_bytes() == first_model  # the old model is untouched
+    failure = (base / "output" / "failure").read_text()
+    assert failure.startswith("ResumeError: the checkpoint ")
+
+    proc = _train(small + ["--train", str(other), "--resume", "False"], tmp_path, base)
+    assert proc.finish(timeout=400) == 0, proc.text[-3000:]
+    moved = glob.glob(str(base / "checkpoints" / "superseded-*" / "ckpt-0000000002"))
+    assert len(moved) == 1 and "moved the earlier checkpoints into" in proc.text
+    assert [Path(p).name for p in glob.glob(str(base / "checkpoints" / "ckpt-*"))] == [
+        "ckpt-0000000002"]
+    assert _ckpt_state(base / "checkpoints" / "ckpt-0000000002")["extra"]["data"]["source"] \
+        == str(other)
+    assert not (base / "output" / "failure").exists()  # the earlier failure is gone
+
+    # a longer run with shorter epochs resumes at the same global step
+    proc = _train(small + ["--train", str(other), "--epochs", "3", "--steps-per-epoch", "1"],
+                  tmp_path, base)
+    assert proc.finish(timeout=400) == 0, proc.text[-3000:]
+    log = proc.text
+    assert "steps-per-epoch changed from 2 to 1: the checkpoint's 2 steps count as 2 epochs" in log
+    assert "the optimizer has taken" not in log and "optimizer step" not in log
+    assert _ckpt_state(base / "checkpoints" / "ckpt-0000000003")["global_step"] == 3
 
 
 def _ckpt_state(path):

@@ -174,9 +174,13 @@ class _Counter(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.batches = 0
+        self.test_batches = 0
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches += 1
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.test_batches += 1
 
 
 class _SignalAt(keras.callbacks.Callback):
@@ -198,16 +202,18 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_runs_only_the_rest(tmp_path, c
         counter = _Counter()
         loop = TrainingLoop(model, plan, TrainState(seed=7), CheckpointManager(tmp_path, 3),
                             terminate=flag, checkpoint_every_steps=2, verbose=2,
-                            extra_callbacks=[_SignalAt(7), counter])
-        loop.run(_data())
+                            validation_steps=2, extra_callbacks=[_SignalAt(7), counter])
+        loop.run(_data(), validation_data=_data(5))
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert loop.interrupted and flag.is_set() and counter.batches == 7
+    assert counter.test_batches == 2  # epoch 1's validation; none after the signal
     path, state = CheckpointManager(tmp_path, 3).latest_valid()
     assert (state.epoch, state.step_in_epoch, state.global_step) == (1, 2, 7)
     assert len(state.history) == 1  # epoch 1 done, epoch 2 interrupted
     out = capsys.readouterr().out
     assert "Received signal" in out and "stop signal" in out
+    assert "Epoch 2/2 stopped at step 2/5: loss=" in out
     assert "\r" not in out  # verbose=2: no progress-bar noise
 
     model2, opt2, plan2 = _setup(CFG)
@@ -223,6 +229,36 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_runs_only_the_rest(tmp_path, c
     assert int(opt2.iterations.numpy()) == 10
     assert [row["epoch"] for row in state.history] == [1, 2]
     assert "Resuming epoch 2 at step 3" in capsys.readouterr().out
+
+
+def test_a_run_stopped_and_resumed_ends_with_the_weights_of_one_that_was_not(tmp_path):
+    """The loop asks the data function for the stream from the global step it resumes at,
+    so an interrupted run trains on the same batches in the same order."""
+    def stream(step):
+        return _data().skip(step)
+
+    model, _, plan = _setup(CFG)
+    TrainingLoop(model, plan, TrainState(seed=7), None, verbose=0).run(stream)
+    straight = [w.numpy() for w in model.weights]
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        flag = TerminationFlag().install()
+        model, _, plan = _setup(CFG)
+        loop = TrainingLoop(model, plan, TrainState(seed=7), CheckpointManager(tmp_path, 3),
+                            terminate=flag, checkpoint_every_steps=2, verbose=0,
+                            extra_callbacks=[_SignalAt(7)])
+        loop.run(stream)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert loop.interrupted
+    model2, opt2, plan2 = _setup(CFG)
+    manager = CheckpointManager(tmp_path, 3)
+    state = manager.restore(manager.latest_valid()[0], model2, opt2)
+    assert state.global_step == 7
+    TrainingLoop(model2, plan2, state, manager, checkpoint_every_steps=2, verbose=0).run(stream)
+    for a, b in zip(straight, model2.weights):
+        np.testing.assert_array_equal(a, b.numpy())
 
 
 def test_select_strategy_single_host_is_default():

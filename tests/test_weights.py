@@ -122,6 +122,25 @@ def test_imagenet_from_the_keras_cache(tmp_path, monkeypatch, target3):
     assert all(_same(again[n], expected[n]) for n in expected)
 
 
+def test_missing_imagenet_file_says_where_it_goes_and_the_cli_way_out(tmp_path, monkeypatch,
+                                                                     target3):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def offline(**kwargs):  # what Keras raises when the download cannot be reached
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.applications, "ResNet50", offline)
+    with pytest.raises(W.WeightsError) as info:
+        W.load_init_weights(target3, "imagenet")
+    text = str(info.value)
+    wanted = tmp_path / "keras_home" / "models" / W.imagenet_cache_filename("resnet50")
+    assert f"Put the file at {wanted}" in text
+    assert "--init-weights none" in text and "init_weights='none'" not in text
+    folders = text.split("Keras cache (")[1].split(")")[0].split(", ")
+    assert len(folders) == len(set(folders))  # each folder named once
+
+
 # ---- matterport .h5 -------------------------------------------------------------------------
 def test_matterport_layout_written(source, matterport_file):
     with h5py.File(matterport_file, "r") as f:

@@ -96,3 +96,16 @@ class Proc:
                 self.p.kill()
         self._t.join(10)
         return rc
+
+
+def h5_weights_finite(path) -> bool:
+    """Whether a Keras ``.weights.h5`` file holds arrays and every float in them is finite."""
+    import h5py
+    import numpy as np
+
+    arrays = []
+    with h5py.File(path, "r") as fh:
+        fh.visititems(lambda name, obj: arrays.append(obj[()])
+                      if isinstance(obj, h5py.Dataset) else None)
+    return bool(arrays) and all(np.all(np.isfinite(a)) for a in arrays
+                                if np.asarray(a).dtype.kind == "f")

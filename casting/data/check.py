@@ -15,6 +15,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from casting.images import orientation_for, read_header, upright_size
+
 log = logging.getLogger("casting.data")
 
 # Kinds of problem. The image-level ones make the whole image unusable.
@@ -109,8 +111,13 @@ class Report:
         if self.problems:
             by_kind = collections.Counter(p.kind for p in self.problems)
             summary = ", ".join(f"{k}: {n}" for k, n in sorted(by_kind.items()))
-            lines.append(f"{len(self.problems)} problems ({summary}):")
+            count = len(self.problems)
+            lines.append(f"{count} problem{'' if count == 1 else 's'} ({summary}):")
             lines.extend(f"  {p}" for p in self.problems)
+            lines.append("To go on without the broken images and objects: train.py "
+                         "--on-data-error skip, or write a clean copy with python -m "
+                         "casting.data convert SRC DST --skip-bad; or fix the files named "
+                         "above.")
         else:
             lines.append("No problems found.")
         return "\n".join(lines)
@@ -178,27 +185,29 @@ def class_outcome(class_id: int | None, error: str | None, path: str, where: str
 
 
 def check_image_file(path: str, height: int | None, width: int | None) -> Problem | None:
-    """Decode the image fully; report an unreadable file or a size that differs."""
+    """Decode the image fully; report an unreadable file or a size that is neither the
+    upright (EXIF-oriented) one nor the raw one (casting.images)."""
     try:
         with Image.open(path) as im:
             im.load()
-            w, h = im.size
+        h, w, orientation = read_header(path)
     except FileNotFoundError:
         return Problem(UNREADABLE_IMAGE, path, "file not found")
     except Exception as exc:  # PIL raises many kinds for broken files
         return Problem(UNREADABLE_IMAGE, path, f"cannot decode ({type(exc).__name__}: {exc})")
-    if height is not None and width is not None and (h, w) != (height, width):
-        return Problem(SIZE_MISMATCH, path,
-                       f"image is {h}x{w} (HxW) but the annotation says {height}x{width}")
+    if orientation_for(h, w, orientation, height, width) is None:
+        uh, uw = upright_size(h, w, orientation)
+        turned = f" ({uh}x{uw} upright, EXIF orientation {orientation})" \
+            if orientation != 1 else ""
+        return Problem(SIZE_MISMATCH, path, f"image is {h}x{w} (HxW){turned} but the "
+                                            f"annotation says {height}x{width}")
     return None
 
 
-def image_size(path: str) -> tuple[int, int] | None:
-    """(height, width) from the image header, None when unreadable."""
+def image_header(path: str) -> tuple[int, int, int] | None:
+    """(raw height, raw width, EXIF orientation) from the header, None when unreadable."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-        return h, w
+        return read_header(path)
     except Exception:
         return None
 
@@ -247,20 +256,25 @@ def apply_on_error(ds, report: Report, on_error: str):
 
 def settle_image_size(image_path, height, width, image_id, report, check_images: bool):
     """Check an image file (when asked) against the size its annotation gives, and settle
-    its (height, width): the annotation's, else read from the file. Problems go into
-    `report`; returns None when the size cannot be known (the image is unreadable)."""
+    its (height, width, orientation): the annotation's size, else the file's upright size,
+    and the EXIF orientation that gives the image that size (casting.images). Problems go
+    into `report`; returns None when the size cannot be known (the image is unreadable)."""
     if check_images:
         problem = check_image_file(image_path, height, width)
         if problem is not None:
             report.problems.append(Problem(problem.kind, problem.file, problem.message, image_id))
-    if height is None or width is None:
-        size = image_size(image_path)
-        if size is None:
+    header = image_header(image_path)
+    if header is None:
+        if height is None or width is None:
             if not check_images:
                 report.problems.append(Problem(UNREADABLE_IMAGE, image_path,
                                                "cannot read the image", image_id))
             return None
-        height, width = size
+        orientation = 1
+    else:
+        orientation = orientation_for(*header, height, width) or 1
+        if height is None or width is None:
+            height, width = upright_size(*header)
     height, width = int(height), int(width)
     report.image_sizes.append((height, width))
-    return height, width
+    return height, width, orientation

@@ -187,14 +187,14 @@ def read_coco(path: str, class_map: Mapping[str, str | None] | None = None,
         if size is None:
             records.append(Record(image_id, image_path, 0, 0, instances=[]))
             continue
-        height, width = size
+        height, width, orientation = size
         anns = by_image.get(img.get("id"), [])
         report.add_image_objects(
             _parse_anns(anns, json_path, image_id, height, width, cat_to_class, report),
             mapper.class_names)
         records.append(Record(image_id, image_path, height, width, source_id=img.get("id"),
                               loader=_make_loader(anns, json_path, image_id, height, width,
-                                                  cat_to_class)))
+                                                  cat_to_class), orientation=orientation))
     return DatasetRecords(mapper.class_names, records, source_category_ids=source_ids), report
 
 

@@ -1,6 +1,7 @@
 """tf.data input pipeline: records -> batch dicts for the model (docs/design.md "Batches").
 
-Per image: read and decode the file (in-graph), fetch its masks from the record (one small
+Per image: read and decode the file (in-graph), turn it by its EXIF orientation as the
+annotation saw it (casting.images), fetch its masks from the record (one small
 `numpy_function`: masks are decoded from the annotation or RLE on demand), resize keeping
 the aspect so the longer side is `config.image_size`, augment (training), zero-pad
 bottom/right to a square, recompute boxes from the masks, drop instances that vanished,
@@ -18,6 +19,7 @@ import tensorflow as tf
 from casting.data.augment import augment as _augment
 from casting.data.records import DatasetRecords
 from casting.data.sampling import index_stream, repeat_factors
+from casting.images import orient_tensor
 
 log = logging.getLogger("casting.data")
 
@@ -129,7 +131,7 @@ def _repeat_factor_files(ds: DatasetRecords, mine: np.ndarray, paths: np.ndarray
 
 def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | None = None,
                  input_context: tf.distribute.InputContext | None = None,
-                 repeat: bool | None = None) -> tf.data.Dataset:
+                 repeat: bool | None = None, skip: int = 0) -> tf.data.Dataset:
     """A tf.data.Dataset of batch dicts (see docs/design.md "Batches").
 
     training=True: shuffled (seeded by config.seed), augmented when config.augment,
@@ -138,6 +140,9 @@ def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | N
     no repeat, final partial batch kept. `repeat` overrides the repeat choice.
     `input_context` shards the file list per input pipeline before anything is decoded.
     `batch_size` (default config.batch_size) is the batch this pipeline yields.
+    `skip` drops that many examples from the start of the stream before anything is read:
+    a run resumed at global step s passes s x the images per step of this pipeline and sees
+    the images, in the order and with the augmentation, of an uninterrupted run.
     """
     if not ds.records:
         raise ValueError("make_dataset: the dataset has no images")
@@ -149,6 +154,7 @@ def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | N
     seed = int(config.seed)
 
     paths = np.array([r.image_path for r in ds.records], dtype=object).astype(str)
+    orientations = tf.constant([r.orientation for r in ds.records], tf.int32)
     mine = np.arange(len(paths), dtype=np.int64)  # this input pipeline's images
     if input_context is not None and input_context.num_input_pipelines > 1:
         mine = mine[input_context.input_pipeline_id::input_context.num_input_pipelines]
@@ -163,12 +169,15 @@ def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | N
         if repeat:
             files = files.repeat()
     files = files.enumerate()  # example counter -> per-example augmentation seed
+    if skip:
+        files = files.skip(int(skip))
 
     load_np = _instance_loader(ds, max_n)
 
     def load(counter, item):
         index, path = item
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = orient_tensor(image, tf.gather(orientations, index))  # as annotated
         masks, class_ids = tf.numpy_function(load_np, [index], [tf.uint8, tf.int32],
                                              stateful=False)
         masks = tf.ensure_shape(masks, [None, None, None])

@@ -13,8 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from casting.errors import Explained
 
-class DatasetError(ValueError):
+
+class DatasetError(Explained, ValueError):
     """A dataset could not be loaded; the message is the full check report."""
 
 
@@ -42,7 +44,9 @@ class Instance:
 class Record:
     """One image. Give either `instances` or a `loader` that returns them on demand.
 
-    `source_id` is the id the image had in its source file (COCO), if any.
+    `source_id` is the id the image had in its source file (COCO), if any. `orientation`
+    (EXIF 1-8, casting.images) turns the file's pixels into the image the annotation is
+    on; 1: as stored.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class Record:
         instances: list[Instance] | None = None,
         loader: Callable[[], list[Instance]] | None = None,
         source_id: int | str | None = None,
+        orientation: int = 1,
     ) -> None:
         if instances is None and loader is None:
             instances = []
@@ -64,6 +69,7 @@ class Record:
         self._instances = list(instances) if instances is not None else None
         self.loader = loader
         self.source_id = source_id
+        self.orientation = int(orientation)
 
     def __repr__(self) -> str:
         return (f"Record(image_id={self.image_id!r}, image_path={self.image_path!r}, "
@@ -79,7 +85,8 @@ class Record:
     def materialize(self) -> "Record":
         """A copy whose instances are held in memory."""
         return Record(self.image_id, self.image_path, self.height, self.width,
-                      instances=self.instances, source_id=self.source_id)
+                      instances=self.instances, source_id=self.source_id,
+                      orientation=self.orientation)
 
 
 @dataclass

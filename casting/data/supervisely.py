@@ -272,12 +272,13 @@ def read_supervisely(root: str, class_map: Mapping[str, str | None] | None = Non
         if size is None:
             records.append(Record(image_id, image_path, 0, 0, instances=[]))
             continue
-        height, width = size
+        height, width, orientation = size
         report.add_image_objects(
             _parse_objects(ann, ann_path, image_id, height, width, mapper, report),
             mapper.class_names)
         records.append(Record(image_id, image_path, height, width,
-                              loader=_make_loader(ann_path, image_id, height, width, mapper)))
+                              loader=_make_loader(ann_path, image_id, height, width, mapper),
+                              orientation=orientation))
     return DatasetRecords(mapper.class_names, records), report
 
 

@@ -14,9 +14,12 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from casting.config import Config, ConfigError
+from casting.files import reserve_space
+from casting.finite import check_finite
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -47,8 +50,12 @@ def export_saved_model(model, path: str) -> None:
 
 
 def save_model_dir(model, path: str, saved_model: bool = True) -> None:
-    """Write the model folder (see module docstring) into `path`, creating it if needed."""
+    """Write the model folder (see module docstring) into `path`, creating it if needed.
+    Refuses (NonFiniteError, nothing written) when a weight is NaN or infinite."""
+    check_finite(model.weights, f"the model folder {path}")
     os.makedirs(path, exist_ok=True)
+    nbytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+    reserve_space(path, nbytes * 1.05 + (1 << 20))  # a full disk fails here, cleanly
     pid = os.getpid()
     tmp_weights = os.path.join(path, f".tmp-{pid}.weights.h5")
     model.save_weights(tmp_weights)

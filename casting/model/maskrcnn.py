@@ -131,17 +131,19 @@ class MaskRCNN(keras.Model):
         mean = tf.constant(self.config.mean_pixel, tf.float32)
         return self.backbone_fpn(tf.cast(images, tf.float32) - mean, training=training)
 
-    def compute_losses(self, batch, training=False) -> dict[str, tf.Tensor]:
+    def compute_losses(self, batch, training=False, seed=None) -> dict[str, tf.Tensor]:
+        """The five losses of a batch. `seed` ([2] integers) makes the anchor and ROI
+        sampling a function of it (training passes the config seed and the step)."""
         cfg = self.config
         gt_boxes = tf.cast(batch["gt_boxes"], tf.float32)
         gt_class_ids = tf.cast(batch["gt_class_ids"], tf.int32)
         pyramid = self.pyramid(batch["image"], training=training)
         rpn_logits, rpn_deltas = self.rpn(pyramid)
         anchors = tf.constant(self.anchors)
-        match, rpn_target = rpn_lib.rpn_targets(anchors, gt_boxes, gt_class_ids, cfg)
+        match, rpn_target = rpn_lib.rpn_targets(anchors, gt_boxes, gt_class_ids, cfg, seed=seed)
         proposals = rpn_lib.generate_proposals(rpn_logits, rpn_deltas, anchors, cfg,
                                                cfg.post_nms_rois_training)
-        rois = sample_rois(proposals, gt_boxes, gt_class_ids, cfg)
+        rois = sample_rois(proposals, gt_boxes, gt_class_ids, cfg, seed=seed)
         class_logits, deltas = self.box_head(pool(pyramid, rois["rois"], cfg.pool_size),
                                              training=training)
         # The mask head trains on the positive ROIs that exist, as one flat list [1, P].
@@ -201,11 +203,13 @@ class MaskRCNN(keras.Model):
         weights = self.config.loss_weights
         return tf.add_n([weights[n] * losses[n] for n in LOSS_NAMES]) + self.weight_decay_loss()
 
-    def _log(self, losses, total):
+    def _log(self, losses, total, grad_norm=None):
         self.trackers["loss"].update_state(total)
         for name in LOSS_NAMES:
             self.trackers[name].update_state(losses[name])
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if grad_norm is not None:  # this step's, not a mean: the loop stops on a NaN
+            logs["grad_norm"] = grad_norm
         if is_multi_worker():
             # Keras 3 averages the replicas' logs with strategy.reduce(MEAN, axis=0) across
             # workers, which rejects scalars (keras-team/keras#20585): give it shape [1].
@@ -221,12 +225,25 @@ class MaskRCNN(keras.Model):
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    def step_seed(self) -> tf.Tensor:
+        """The sampling seed of this training step: (config seed, optimizer step), folded
+        with the replica. Stateless, so a resumed run samples as an uninterrupted one."""
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64),
+                         tf.cast(self.optimizer.iterations, tf.int64)])
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            seed = tf.random.experimental.stateless_fold_in(
+                seed, tf.cast(replica.replica_id_in_sync_group, tf.int32))
+        return seed
+
     def train_step(self, data):
+        seed = self.step_seed()
         with tf.GradientTape() as tape:
-            losses = self.compute_losses(data, training=True)
+            losses = self.compute_losses(data, training=True, seed=seed)
             total = self.total_loss(losses)
         variables = self.trainable_variables
         grads = tape.gradient(total, variables)
+        grad_norm = tf.linalg.global_norm([g for g in grads if g is not None])
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if replicas > 1:
             # The optimizer sums the replicas' gradients: each replica contributes 1/N of
@@ -242,7 +259,7 @@ class MaskRCNN(keras.Model):
             grads = [None if g is None else g / replicas for g in grads]
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None])
-        return self._log(losses, total)
+        return self._log(losses, total, grad_norm)
 
     def test_step(self, data):
         losses = self.compute_losses(data, training=False)

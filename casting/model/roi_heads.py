@@ -13,7 +13,7 @@ from keras import layers
 
 from casting.model import ops
 from casting.model.backbone import norm_layer
-from casting.model.rpn import random_subset
+from casting.model.rpn import random_subset, sub_seed
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
@@ -99,7 +99,8 @@ class MaskHead(keras.layers.Layer):
         return tf.reshape(x, [batch, num, 2 * m, 2 * m, self.num_classes])
 
 
-def sample_rois(proposals: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tensor, config):
+def sample_rois(proposals: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tensor, config,
+                seed: tf.Tensor | None = None):
     """Choose the ROIs the heads train on, with their targets.
 
     The ground-truth boxes join the proposals as candidates. The first
@@ -122,8 +123,8 @@ def sample_rois(proposals: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tens
     positive = candidate_ok & (max_iou >= config.roi_positive_iou)
     negative = candidate_ok & (max_iou < config.roi_positive_iou)
 
-    pos_idx, pos_valid = random_subset(positive, num_pos)
-    neg_idx, neg_valid = random_subset(negative, total - num_pos)
+    pos_idx, pos_valid = random_subset(positive, num_pos, seed=sub_seed(seed, 3))
+    neg_idx, neg_valid = random_subset(negative, total - num_pos, seed=sub_seed(seed, 4))
     index = tf.concat([pos_idx, neg_idx], axis=1)
     is_pos = tf.concat([pos_valid, tf.zeros_like(neg_valid)], axis=1)
     valid = tf.concat([pos_valid, neg_valid], axis=1)

@@ -44,10 +44,17 @@ class RPNHead(keras.layers.Layer):
         return tf.concat(logits, axis=1), tf.concat(deltas, axis=1)
 
 
-def random_subset(candidates: tf.Tensor, max_count: int, limit: tf.Tensor | None = None):
+def random_subset(candidates: tf.Tensor, max_count: int, limit: tf.Tensor | None = None,
+                  seed: tf.Tensor | None = None):
     """Pick at most `max_count` (and at most `limit[b]`) random True entries per row of the
-    boolean [B, N] `candidates`. Returns (indices [B, max_count] int32, valid [B, max_count])."""
-    noise = tf.random.uniform(tf.shape(candidates))
+    boolean [B, N] `candidates`. Returns (indices [B, max_count] int32, valid [B, max_count]).
+
+    With `seed` (shape [2] integers) the choice is a function of the seed (stateless), so a
+    training step draws the same subsets whether or not the run was resumed before it."""
+    if seed is None:
+        noise = tf.random.uniform(tf.shape(candidates))
+    else:
+        noise = tf.random.stateless_uniform(tf.shape(candidates), seed=seed)
     keys = tf.where(candidates, noise, -1.0)
     max_count = min(max_count, candidates.shape[1]) if candidates.shape[1] else max_count
     values, indices = tf.math.top_k(keys, k=max_count, sorted=True)
@@ -67,7 +74,15 @@ def indices_to_mask(indices: tf.Tensor, valid: tf.Tensor, length: int) -> tf.Ten
     return counts > 0
 
 
-def rpn_targets(anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tensor, config):
+def sub_seed(seed: tf.Tensor | None, purpose: int) -> tf.Tensor | None:
+    """A seed of its own for each random choice of a step (None stays None)."""
+    if seed is None:
+        return None
+    return tf.random.experimental.stateless_fold_in(seed, purpose)
+
+
+def rpn_targets(anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tensor, config,
+                seed: tf.Tensor | None = None):
     """Anchor labels and box targets for the RPN.
 
     Returns `match` int32 [B, A] (1 positive, -1 negative, 0 ignored) with at most
@@ -87,9 +102,10 @@ def rpn_targets(anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tensor
     negative = (max_iou < config.rpn_negative_iou) & ~positive
 
     total = config.rpn_train_anchors_per_image
-    pos_idx, pos_valid = random_subset(positive, total // 2)
+    pos_idx, pos_valid = random_subset(positive, total // 2, seed=sub_seed(seed, 1))
     num_pos = tf.reduce_sum(tf.cast(pos_valid, tf.int32), axis=1)
-    neg_idx, neg_valid = random_subset(negative, total, limit=total - num_pos)
+    neg_idx, neg_valid = random_subset(negative, total, limit=total - num_pos,
+                                       seed=sub_seed(seed, 2))
     pos_mask = indices_to_mask(pos_idx, pos_valid, num_anchors)
     neg_mask = indices_to_mask(neg_idx, neg_valid, num_anchors)
     match = tf.cast(pos_mask, tf.int32) - tf.cast(neg_mask, tf.int32)

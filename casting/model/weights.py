@@ -457,6 +457,7 @@ def _find_imagenet_file(backbone: str, cache_dir: str | None) -> str:
     except Exception:  # pragma: no cover - keras internals moved
         pass
     dirs += [os.path.expanduser("~/.keras/models"), "/tmp/.keras/models"]
+    dirs = list(dict.fromkeys(os.path.abspath(d) for d in dirs))  # each folder once
     for d in dirs:
         candidate = os.path.join(d, filename)
         if os.path.isfile(candidate):
@@ -465,13 +466,16 @@ def _find_imagenet_file(backbone: str, cache_dir: str | None) -> str:
     import keras
 
     builder = {"resnet50": keras.applications.ResNet50, "resnet101": keras.applications.ResNet101}
+    home = os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"), "models")
     try:
         builder[backbone](weights="imagenet", include_top=False)
     except Exception as exc:
         raise WeightsError(
             f"ImageNet weights {filename} are not in the Keras cache ({', '.join(dirs)}) and "
-            f"could not be downloaded: {exc}. Copy the file into one of those folders or use "
-            "init_weights='none'."
+            f"could not be downloaded: {exc}. Put the file at {os.path.join(home, filename)} "
+            "(or in any of those folders; the image ships it), give a weights file or model "
+            "folder with "
+            "--init-weights PATH, or train from random weights with --init-weights none."
         ) from exc
     for d in dirs:
         candidate = os.path.join(d, filename)

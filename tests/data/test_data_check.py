@@ -103,7 +103,8 @@ def test_check_cli(sly_project, coco_dir, capsys):
     (sly_project / "ds1/img/a.png").write_bytes(b"broken")
     assert cli(["check", str(sly_project)]) == 1
     out = capsys.readouterr().out
-    assert "1 problems (unreadable image: 1)" in out and "ds1/img/a.png" in out
+    assert "1 problem (unreadable image: 1)" in out and "ds1/img/a.png" in out
+    assert "--on-data-error skip" in out and "--skip-bad" in out  # what to do about it
 
 
 def test_check_real_counts_shape(sly_project, capsys):

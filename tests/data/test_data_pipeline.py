@@ -115,6 +115,19 @@ def test_training_is_seeded_and_repeats(tmp_path):
     assert not np.array_equal(first, run(cfg.replace(seed=cfg.seed + 1)))
 
 
+def test_skip_resumes_the_stream_of_an_uninterrupted_run(tmp_path):
+    """A run resumed at step s (skip = s x batch) sees the images, order and augmentation
+    that an uninterrupted run sees from step s on, across reshuffled passes."""
+    ds = _make_ds(str(tmp_path), n=3, h=64, w=64, k=2)
+    cfg = Config(class_names=("a", "b"), image_size=64, max_gt_instances=2, batch_size=2)
+    whole = [b for b in make_dataset(ds, cfg, training=True).take(6)]
+    later = [b for b in make_dataset(ds, cfg, training=True, skip=2 * 2).take(4)]
+    for a, b in zip(whole[2:], later):
+        np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+        np.testing.assert_array_equal(a["gt_masks"].numpy(), b["gt_masks"].numpy())
+    assert not np.array_equal(whole[0]["image"].numpy(), later[0]["image"].numpy())
+
+
 def test_crowd_excluded_and_truncation_counted(tmp_path, caplog):
     ds = _make_ds(str(tmp_path), n=2, h=64, w=64, k=4, crowd_last=True)
     cfg = Config(class_names=("a", "b"), image_size=64, max_gt_instances=2, batch_size=2)

@@ -57,6 +57,8 @@ def test_losses_are_logged_and_go_down(trained):
         assert np.all(np.isfinite(history[name]))
     for name in LOSS_NAMES:
         assert history[name][-1] < 0.6 * history[name][0], (name, history[name])
+    # each step's gradient norm (before clipping) is logged, for the loop's NaN stop
+    assert np.all(np.isfinite(history["grad_norm"])) and min(history["grad_norm"]) > 0
 
 
 def test_learns_masks_on_its_training_images(trained):

@@ -66,3 +66,20 @@ def test_mask_targets_crop_the_matched_instance_of_its_image():
     other = mask_targets_flat(tf.constant(gt), tf.constant([[8, 8, 24, 24]], tf.float32),
                               tf.constant([0]), tf.constant([1]), 4).numpy()
     assert other.sum() == 0  # image 0 has no such mask
+
+
+def test_seeded_sampling_is_a_function_of_the_seed():
+    """Training passes (config seed, step) as the sampling seed: the same seed draws the
+    same anchors and ROIs (a resumed run samples as an uninterrupted one); another differs."""
+    from casting.model.rpn import random_subset
+
+    candidates = tf.constant(np.random.default_rng(0).random((2, 500)) > 0.5)
+    seed = tf.constant([42, 7], tf.int64)
+    a, valid_a = random_subset(candidates, 64, seed=seed)
+    b, valid_b = random_subset(candidates, 64, seed=seed)
+    c, _ = random_subset(candidates, 64, seed=tf.constant([42, 8], tf.int64))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert valid_a.numpy().all() and valid_b.numpy().all()
+    assert not np.array_equal(a.numpy(), c.numpy())
+    picked = np.take_along_axis(candidates.numpy(), a.numpy(), axis=1)
+    assert picked.all()  # only candidates are picked

@@ -1,0 +1,91 @@
+"""Files written so that a crash, a SIGKILL or a full disk never leaves half of one: atomic
+writes (a temporary name in the same folder, fsync, rename, fsync of the folder), space
+reserved before a large write, free space for error messages, checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
+    part: a temporary file beside it, fsynced, renamed over it, then the folder fsynced."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}-{os.getpid()}")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    fsync_dir(folder)
+
+
+def free_space_text(path: str) -> str:
+    """Free space of the file system holding ``path`` (or its nearest existing parent)."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError:
+        return "free space unknown"
+    return f"{usage.free / 2**20:.0f} MiB free of {usage.total / 2**20:.0f} MiB"
+
+
+def reserve_space(folder: str, nbytes: int) -> None:
+    """Make sure ``nbytes`` can be written in ``folder``: allocate a file of that size and
+    remove it. A full disk (or a file-size limit) then fails here with a clean OSError;
+    HDF5 running out of space half-way through a weights file can crash the process."""
+    path = os.path.join(folder, ".reserve")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, max(1, int(nbytes)))
+    finally:
+        os.close(fd)
+        os.remove(path)
+
+
+def sha256_file(path: str) -> str:
+    """The file's SHA-256, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_file(path: str) -> None:
+    """Flush a written file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Flush a folder's entries (a rename into it) to the disk; best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["write_atomic", "reserve_space", "free_space_text", "sha256_file", "fsync_file",
+           "fsync_dir"]
