@@ -14,11 +14,10 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
 import tensorflow as tf
 
 from casting.config import Config, ConfigError
-from casting.files import reserve_space
+from casting.files import reserve_space_for
 from casting.finite import check_finite
 
 CONFIG_FILE = "config.json"
@@ -54,8 +53,7 @@ def save_model_dir(model, path: str, saved_model: bool = True) -> None:
     Refuses (NonFiniteError, nothing written) when a weight is NaN or infinite."""
     check_finite(model.weights, f"the model folder {path}")
     os.makedirs(path, exist_ok=True)
-    nbytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
-    reserve_space(path, nbytes * 1.05 + (1 << 20))  # a full disk fails here, cleanly
+    reserve_space_for(path, model.weights)  # a full disk fails here, cleanly
     pid = os.getpid()
     tmp_weights = os.path.join(path, f".tmp-{pid}.weights.h5")
     model.save_weights(tmp_weights)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from casting.errors import Explained
-from casting.files import free_space_text, fsync_dir, fsync_file, reserve_space, sha256_file
+from casting.files import free_space_text, fsync_dir, fsync_file, reserve_space_for, sha256_file
 from casting.finite import check_finite
 from casting.training.rng import restore_rng_state
 
@@ -37,11 +37,6 @@ class CheckpointError(RuntimeError):
 class CheckpointWriteError(Explained, OSError):
     """A checkpoint could not be written (disk full, folder unwritable or not a folder);
     the previous checkpoints are untouched."""
-
-
-def _variables_bytes(variables) -> int:
-    return sum(int(np.prod(v.shape)) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize
-               for v in variables)
 
 
 def _write_error(directory: str, exc: BaseException) -> CheckpointWriteError:
@@ -236,8 +231,7 @@ class CheckpointManager:
             raise _write_error(self.directory, exc) from None
         started = time.time()
         try:
-            # the arrays, plus room for HDF5's and NumPy's headers and state.json
-            reserve_space(tmp, _variables_bytes(variables) * 1.05 + (1 << 20))
+            reserve_space_for(tmp, variables)  # a full disk fails here, cleanly
             model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
             save_optimizer_variables(optimizer, os.path.join(tmp, OPTIMIZER_FILE))
             files = {}
