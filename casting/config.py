@@ -73,6 +73,10 @@ class Config:
     # training step at small inputs) trains on at most 32 per image.
     train_rois_per_image: int = 128
     roi_positive_ratio: float = 0.25
+    # The mask head trains on at most this many of an image's positive ROIs, a random subset
+    # (0: all of them). Its four 14x14 convolutions per ROI cost more than the backbone at
+    # small inputs; the box head still sees every sampled ROI.
+    mask_rois_per_image: int = 0
     roi_positive_iou: float = 0.5
     pool_size: int = 7
     mask_pool_size: int = 14
@@ -163,6 +167,9 @@ class Config:
             raise ConfigError("rpn_anchor_scales needs one scale per pyramid level (P2-P6)")
         if not 0.0 < self.roi_positive_ratio <= 1.0:
             raise ConfigError("roi_positive_ratio must be in (0, 1]")
+        if self.mask_rois_per_image < 0:
+            raise ConfigError(f"mask_rois_per_image must be >= 0 (0: every positive ROI), "
+                              f"not {self.mask_rois_per_image}")
         if self.layers not in LAYER_GROUPS:
             raise ConfigError(f"layers must be one of {LAYER_GROUPS}, not {self.layers!r}")
         for stage in self.schedule:
@@ -211,14 +218,10 @@ class Config:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the config as JSON atomically (temporary file, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(self.to_json())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        """Write the config as JSON atomically (casting.files.write_atomic)."""
+        from casting.files import write_atomic
+
+        write_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Config":

@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from casting.masks import mask_to_bbox, mask_to_rle
+
 log = logging.getLogger("casting.evaluation")
 
 SUMMARY_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
@@ -30,24 +32,6 @@ _STAT_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "AP_small": 3, "AP_medium": 4, "AP
 IOU_TYPES = ("bbox", "segm")
 # Score threshold of the detections that COCO evaluation scores (see evaluate_model).
 EVAL_MIN_CONFIDENCE = 0.05
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    counts = rle["counts"]
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])],
-            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
-
-
-def _mask_bbox_xywh(mask: np.ndarray) -> list[float]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1 - cols[0]),
-            float(rows[-1] + 1 - rows[0])]
 
 
 def records_to_coco(records: Iterable[Any], class_names: Sequence[str]) -> dict[str, Any]:
@@ -67,8 +51,8 @@ def records_to_coco(records: Iterable[Any], class_names: Sequence[str]) -> dict[
                                  f"{(rec.height, rec.width)}")
             annotations.append({
                 "id": ann_id, "image_id": image_id, "category_id": int(inst.class_id),
-                "segmentation": _rle(mask), "area": float(area),
-                "bbox": _mask_bbox_xywh(mask), "iscrowd": int(bool(inst.iscrowd)),
+                "segmentation": mask_to_rle(mask), "area": float(area),
+                "bbox": mask_to_bbox(mask), "iscrowd": int(bool(inst.iscrowd)),
             })
             ann_id += 1
     categories = [{"id": i, "name": name} for i, name in enumerate(class_names, start=1)]
@@ -91,7 +75,7 @@ def detections_to_coco(detections: Sequence[dict[str, Any]],
                      "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
                      "score": float(scores[k])}
             if masks is not None:
-                entry["segmentation"] = _rle(np.asarray(masks[k], dtype=bool))
+                entry["segmentation"] = mask_to_rle(np.asarray(masks[k], dtype=bool))
             results.append(entry)
     return results
 

@@ -4,30 +4,40 @@ reserved before a large write, free space for error messages, checksums."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
-    part: a temporary file beside it, fsynced, renamed over it, then the folder fsynced."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yield a temporary file name beside ``path`` for a writer that needs a name (h5py,
+    Keras ``save_weights``); on success the file is fsynced, renamed over ``path`` and the
+    folder fsynced, so readers see the old file or the new one, never a part. On an error
+    the temporary file is removed and ``path`` is untouched. ``suffix`` keeps an extension
+    a writer insists on (``.weights.h5``)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}-{os.getpid()}")
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}-{os.getpid()}{suffix}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     fsync_dir(folder)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically (see atomic_path)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(raw)
 
 
 def free_space_text(path: str) -> str:
@@ -97,5 +107,5 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-__all__ = ["write_atomic", "reserve_space", "reserve_space_for", "free_space_text", "sha256_file", "fsync_file",
-           "fsync_dir"]
+__all__ = ["atomic_path", "write_atomic", "reserve_space", "reserve_space_for", "free_space_text",
+           "sha256_file", "fsync_file", "fsync_dir"]

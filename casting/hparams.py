@@ -224,8 +224,9 @@ SPECS: tuple[Spec, ...] = (
     _s("batch_size", to_int, None, "Images per batch (per replica). Default 2."),
     _s("learning_rate", to_float, None, "Base learning rate (SGD). Default 0.01."),
     _s("momentum", to_float, None, "SGD momentum. Default 0.9."),
-    _s("weight_decay", to_float, None, "Decoupled weight decay (not on biases or "
-       "BatchNorm). Default 1e-4."),
+    _s("weight_decay", to_float, None, "L2 weight decay: the model adds 0.5 * wd * sum of "
+       "squared conv/dense kernels to its loss (coupled, through the gradient, as in "
+       "matterport; not on biases or normalisation parameters). Default 1e-4."),
     _s("gradient_clip_norm", to_float, None, "Clip gradients to this global norm "
        "(0: off). Default 5.0."),
     _s("warmup_steps", to_int, None, "Linear learning-rate warm-up over the first N steps, "
@@ -249,6 +250,9 @@ SPECS: tuple[Spec, ...] = (
     _s("repeat_threshold", to_float, None, "Repeat-factor sampling: images holding a class "
        "found in fewer than this fraction of the images are repeated (LVIS rule, "
        "sqrt(t / f)); 0 turns it off. Default 0."),
+    _s("mask_rois_per_image", to_int, None, "The mask head trains on at most N of an "
+       "image's positive ROIs, a random subset (0: all, up to train_rois_per_image x "
+       "roi_positive_ratio = 32). Default 0."),
     _s("seed", to_int, None, "Random seed. Default 42."),
     _s("deterministic", to_bool, False, "Bit-for-bit repeatable training on one machine "
        "(TensorFlow's deterministic op kernels; slower). Without it two runs of the same "
@@ -294,7 +298,7 @@ CONFIG_FIELDS = (
     "image_size", "epochs", "steps_per_epoch", "validation_steps", "batch_size",
     "learning_rate", "momentum", "weight_decay", "gradient_clip_norm", "warmup_steps",
     "scale_learning_rate", "layers", "schedule", "augment", "seed", "checkpoint_every_steps", "keep_checkpoints",
-    "class_names", "lr_decay", "norm", "repeat_threshold",
+    "class_names", "lr_decay", "norm", "repeat_threshold", "mask_rois_per_image",
 )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "mask_to_polygons",
     "polygons_to_mask",
     "mask_to_bbox",
+    "mask_to_yxyx",
 ]
 
 
@@ -88,15 +89,20 @@ def rle_to_bbox(rle: dict[str, Any]) -> list[float]:
     return [float(v) for v in mask_utils.toBbox(_rle_for_coco(rle))]
 
 
-def mask_to_bbox(mask: np.ndarray) -> list[float]:
-    """COCO ``[x, y, width, height]`` covering the mask's pixels (exclusive far edge)."""
+def mask_to_yxyx(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(y1, x1, y2, x2)`` of the mask's pixels, far edges exclusive; zeros when empty.
+    The one mask-to-box of the project (records, COCO, Supervisely bitmaps, evaluation)."""
     mask = _as_2d_bool(mask)
     rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    y1, y2 = int(rows[0]), int(rows[-1]) + 1
-    x1, x2 = int(cols[0]), int(cols[-1]) + 1
+        return (0, 0, 0, 0)
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+def mask_to_bbox(mask: np.ndarray) -> list[float]:
+    """COCO ``[x, y, width, height]`` covering the mask's pixels (exclusive far edge)."""
+    y1, x1, y2, x2 = mask_to_yxyx(mask)
     return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
 
 

@@ -25,6 +25,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from casting.files import write_atomic
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -54,10 +56,7 @@ def _coco_ids(gt_path: str) -> dict[str, int]:
 
 
 def _write_json(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data))
 
 
 def run(

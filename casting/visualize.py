@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from casting.files import write_atomic
+
 __all__ = ["PALETTE", "class_color", "draw_detections", "to_png_bytes", "save_png"]
 
 # Distinct, saturated colours (RGB); class id i uses PALETTE[(i - 1) % len(PALETTE)].
@@ -172,9 +174,5 @@ def to_png_bytes(image: np.ndarray) -> bytes:
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a PNG atomically (temporary file in the same folder, then rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(to_png_bytes(image))
-    os.replace(tmp, path)
+    """Write a PNG atomically (casting.files.write_atomic)."""
+    write_atomic(path, to_png_bytes(image))

@@ -86,6 +86,12 @@ def test_toolkit_entry_point_trains_with_json_encoded_hyperparameters(tmp_path):
                                                 rel=1e-3)
     assert metrics["segm_AP"] == [pytest.approx(evaluation["segm"]["AP"], abs=1e-5)]
     assert metrics["bbox_AP50"] == [pytest.approx(evaluation["bbox"]["AP50"], abs=1e-5)]
+    # the last line: each class's segm AP50, as in evaluation.json
+    per_class = evaluation["segm"]["per_class_AP50"]
+    want = ", ".join(f"{name} {'n/a' if v is None else f'{v:.2f}'}"
+                     for name, v in per_class.items())
+    assert (f"segm AP50 per class on the {evaluation['num_images']} evaluated images: {want}"
+            in log), log[-1000:]
 
 
 def test_broken_dataset_and_bad_hyperparameter_fail_with_a_reason(tmp_path):

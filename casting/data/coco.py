@@ -21,6 +21,8 @@ from pycocotools import mask as mask_util
 
 from casting.data import check as chk
 from casting.data.records import DatasetError, DatasetRecords, Instance, Record
+from casting.files import write_atomic
+from casting.masks import mask_to_bbox, mask_to_rle
 
 BAD_OBJECT = "bad object"
 
@@ -206,12 +208,6 @@ def _make_loader(anns, json_path, image_id, height, width, cat_to_class):
     return load
 
 
-def mask_to_rle(mask: np.ndarray) -> dict:
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
 def write_coco(ds: DatasetRecords, out_dir: str, json_name: str = "annotations.json",
                copy_images: bool = True, progress: bool = False) -> str:
     """Write `out_dir/annotations.json` (compressed RLE) and copy images to `out_dir/images/`.
@@ -241,8 +237,7 @@ def write_coco(ds: DatasetRecords, out_dir: str, json_name: str = "annotations.j
             if not inst.mask.any():
                 continue
             rle = mask_to_rle(inst.mask)
-            x, y, w, h = (float(v) for v in mask_util.toBbox(
-                mask_util.encode(np.asfortranarray(inst.mask.astype(np.uint8)))))
+            x, y, w, h = mask_to_bbox(inst.mask)
             annotations.append({
                 "id": len(annotations) + 1, "image_id": n + 1,
                 "category_id": cat_id[inst.class_id], "segmentation": rle,
@@ -254,8 +249,5 @@ def write_coco(ds: DatasetRecords, out_dir: str, json_name: str = "annotations.j
             "categories": [{"id": cat_id[i + 1], "name": name, "supercategory": "defect"}
                            for i, name in enumerate(ds.class_names)]}
     path = os.path.join(out_dir, json_name)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data))
     return path

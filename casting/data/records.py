@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from casting.errors import Explained
+from casting.masks import mask_to_yxyx
 
 
 class DatasetError(Explained, ValueError):
@@ -34,11 +35,7 @@ class Instance:
 
     def bbox(self) -> tuple[int, int, int, int]:
         """(y1, x1, y2, x2) with exclusive ends; (0, 0, 0, 0) for an empty mask."""
-        rows = np.flatnonzero(self.mask.any(axis=1))
-        cols = np.flatnonzero(self.mask.any(axis=0))
-        if rows.size == 0:
-            return (0, 0, 0, 0)
-        return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+        return mask_to_yxyx(self.mask)
 
 
 class Record:

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from casting.data import check as chk
 from casting.data.records import DatasetRecords, Instance, Record
+from casting.masks import mask_to_yxyx
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SUPPORTED_GEOMETRIES = ("bitmap", "alpha_mask", "polygon", "rectangle")
@@ -77,15 +78,14 @@ def decode_alpha_mask(data: str) -> np.ndarray:
 
 def encode_bitmap(mask: np.ndarray) -> tuple[str, list[int]]:
     """Crop a bool mask to its bounding box -> (base64 zlib PNG, origin [x, y])."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    y1, x1, y2, x2 = mask_to_yxyx(mask)
+    if y2 == 0:
         raise ValueError("cannot encode an empty mask")
-    crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    crop = mask[y1:y2, x1:x2]
     buf = io.BytesIO()
     Image.fromarray(crop.astype(np.uint8) * 255).convert("1").save(buf, format="PNG")
     data = base64.b64encode(zlib.compress(buf.getvalue())).decode("ascii")
-    return data, [int(cols[0]), int(rows[0])]
+    return data, [x1, y1]
 
 
 def _parse_origin(origin: Any) -> tuple[int, int]:

@@ -17,11 +17,11 @@ import tempfile
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_util
 from scipy import ndimage
 
 from casting.config import DEFAULT_CLASS_NAMES
 from casting.data.records import DatasetRecords, Instance, Record
+from casting.masks import mask_to_rle, rle_to_mask
 
 CLASS_NAMES = tuple(DEFAULT_CLASS_NAMES)  # disk, holes, chipping, deburring
 _CLASS_ID = {name: i + 1 for i, name in enumerate(CLASS_NAMES)}
@@ -69,10 +69,22 @@ def _window(n, cy, cx, half):
     return y0, y1, x0, x1
 
 
+def defect_scale(size: int) -> float:
+    """Output pixels per pixel of a real 512-px photo, for defect sizes and texture.
+
+    Above 512 px everything grows with the image. From 512 down to 256 px the defects keep
+    the pixel size they have in the real 512-px photos (chips ~150 px in area, burrs ~480):
+    the part shrinks, the defects do not, so a small quick run learns defects of the size
+    the model meets in real photos, not ones four times smaller in area. Below 256 px they
+    shrink with the image (floored at 0.4) so that they still fit on the part.
+    """
+    return max(size / 512.0, min(1.0, size / 256.0), 0.4)
+
+
 def render_casting(rng: np.random.Generator, size: int = 512):
     """-> (grey image uint8 [size, size], list of (class name, bool mask [size, size]))."""
     n = 2 * size
-    px = 2.0 * max(size / 512.0, 0.4)  # one "512-image pixel" in 2x pixels (floored)
+    px = 2.0 * defect_scale(size)  # one "512-image pixel" in 2x pixels
     part = _Part(rng, n)
     ys = np.arange(n, dtype=np.float32)[:, None] + 0.5
     xs = np.arange(n, dtype=np.float32)[None, :] + 0.5
@@ -238,13 +250,9 @@ def render_casting(rng: np.random.Generator, size: int = 512):
     return out_img, masks
 
 
-def _rle(mask: np.ndarray) -> dict:
-    return mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-
-
 def _decode_loader(rles):
     def load() -> list[Instance]:
-        return [Instance(cid, mask_util.decode(rle).astype(bool)) for cid, rle in rles]
+        return [Instance(cid, rle_to_mask(rle)) for cid, rle in rles]
     return load
 
 
@@ -271,7 +279,7 @@ def generate_records(count: int, seed: int, size: int = 512, out_dir: str | None
         path = os.path.join(out_dir, name)
         Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(
             path, format="JPEG", quality=int(rng.integers(90, 96)))
-        rles = [(_CLASS_ID[cname], _rle(m)) for cname, m in masks]
+        rles = [(_CLASS_ID[cname], mask_to_rle(m)) for cname, m in masks]
         records.append(Record(name, path, size, size, loader=_decode_loader(rles)))
     return DatasetRecords(CLASS_NAMES, records)
 

@@ -9,7 +9,6 @@ first 1x1 convolution and shortcut, as matterport (and Keras' ResNet50) do.
 
 from __future__ import annotations
 
-import keras
 from keras import layers
 
 from casting.config import NORMS

@@ -17,7 +17,7 @@ import tempfile
 import tensorflow as tf
 
 from casting.config import Config, ConfigError
-from casting.files import reserve_space_for
+from casting.files import atomic_path, reserve_space_for
 from casting.finite import check_finite
 
 CONFIG_FILE = "config.json"
@@ -55,9 +55,8 @@ def save_model_dir(model, path: str, saved_model: bool = True) -> None:
     os.makedirs(path, exist_ok=True)
     reserve_space_for(path, model.weights)  # a full disk fails here, cleanly
     pid = os.getpid()
-    tmp_weights = os.path.join(path, f".tmp-{pid}.weights.h5")
-    model.save_weights(tmp_weights)
-    os.replace(tmp_weights, os.path.join(path, WEIGHTS_FILE))
+    with atomic_path(os.path.join(path, WEIGHTS_FILE), suffix=".weights.h5") as tmp_weights:
+        model.save_weights(tmp_weights)
     if saved_model:
         staging = tempfile.mkdtemp(prefix=".tmp-saved-model-", dir=path)
         export_saved_model(model, staging)

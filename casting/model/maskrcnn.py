@@ -18,7 +18,7 @@ from casting.model import rpn as rpn_lib
 from casting.model.anchors import anchors_for_config
 from casting.model.fpn import build_backbone_fpn
 from casting.model.roi_heads import (
-    BoxHead, MaskHead, mask_targets_flat, num_positive_slots, pool, pool_flat, positive_rois,
+    BoxHead, MaskHead, mask_targets_flat, num_mask_slots, pool, pool_flat, positive_rois,
     refine_detections, sample_rois,
 )
 from casting.model.transform import paste_masks, resize_and_pad_tf, to_rgb
@@ -146,8 +146,9 @@ class MaskRCNN(keras.Model):
         rois = sample_rois(proposals, gt_boxes, gt_class_ids, cfg, seed=seed)
         class_logits, deltas = self.box_head(pool(pyramid, rois["rois"], cfg.pool_size),
                                              training=training)
-        # The mask head trains on the positive ROIs that exist, as one flat list [1, P].
-        pos = positive_rois(rois, num_positive_slots(cfg))
+        # The mask head trains on the positive ROIs that exist (at most mask_rois_per_image
+        # of an image's), as one flat list [1, P].
+        pos = positive_rois(rois, num_mask_slots(cfg))
         pooled = pool_flat(pyramid, pos["rois"], pos["image_index"], cfg.mask_pool_size)
         mask_logits = self.mask_head(pooled[None], training=training)
         targets = mask_targets_flat(batch["gt_masks"], pos["rois"], pos["image_index"],

@@ -145,6 +145,15 @@ def num_positive_slots(config) -> int:
     return max(1, int(round(config.train_rois_per_image * config.roi_positive_ratio)))
 
 
+def num_mask_slots(config) -> int:
+    """How many of the positive slots the mask head trains on: the first
+    `mask_rois_per_image` (0: all). The positive slots are in random order (`sample_rois`),
+    so the first M of them are a random subset of the image's positive ROIs."""
+    cap = int(getattr(config, "mask_rois_per_image", 0) or 0)
+    npos = num_positive_slots(config)
+    return min(npos, cap) if cap > 0 else npos
+
+
 def mask_targets_flat(gt_masks: tf.Tensor, rois: tf.Tensor, image_index: tf.Tensor,
                       gt_index: tf.Tensor, size: int):
     """Mask targets for a flat list of ROIs [K, 4] of images `image_index` [K], each matched

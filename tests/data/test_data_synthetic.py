@@ -113,3 +113,25 @@ def test_defect_masks_do_not_overlap_each_other():
         if defects:
             stacked = np.stack(defects).astype(int)
             assert stacked.sum(axis=0).max() <= 1
+
+
+def test_defects_keep_their_real_pixel_size_down_to_256():
+    """From 512 down to 256 px the defects keep the pixel size of the real 512-px photos
+    (the part shrinks, they do not); below 256 px they shrink with the image."""
+    from casting.data.synthetic import defect_scale
+
+    assert [defect_scale(s) for s in (1024, 512, 384, 256, 128, 64)] == [2.0, 1.0, 1.0, 1.0,
+                                                                          0.5, 0.4]
+
+    def median_areas(size):
+        ds = generate_records(6, seed=3, size=size)
+        areas = {}
+        for rec in ds.records:
+            for inst in rec.instances:
+                areas.setdefault(ds.class_names[inst.class_id - 1], []).append(inst.area)
+        return {name: float(np.median(a)) for name, a in areas.items()}
+
+    at_512, at_256 = median_areas(512), median_areas(256)
+    assert at_256["disk"] < 0.35 * at_512["disk"]  # the part is about a quarter of the area
+    for name in ("chipping", "deburring"):
+        assert 0.6 < at_256[name] / at_512[name] < 1.6, (name, at_256, at_512)

@@ -83,3 +83,30 @@ def test_seeded_sampling_is_a_function_of_the_seed():
     assert not np.array_equal(a.numpy(), c.numpy())
     picked = np.take_along_axis(candidates.numpy(), a.numpy(), axis=1)
     assert picked.all()  # only candidates are picked
+
+
+def test_mask_rois_per_image_caps_the_mask_heads_rois_with_a_random_subset():
+    import pytest
+
+    from casting.config import Config, ConfigError
+    from casting.model.roi_heads import num_mask_slots, positive_rois, sample_rois
+
+    assert num_mask_slots(Config()) == 32  # 0: every positive slot (128 x 0.25)
+    assert num_mask_slots(Config(mask_rois_per_image=8)) == 8
+    assert num_mask_slots(Config(mask_rois_per_image=500)) == 32
+    with pytest.raises(ConfigError, match="mask_rois_per_image"):
+        Config(mask_rois_per_image=-1)
+
+    # one image, one ground-truth box and 40 proposals that overlap it (all positive)
+    cfg = Config(train_rois_per_image=64, roi_positive_ratio=0.5, mask_rois_per_image=5)
+    gt = tf.constant([[[10.0, 10.0, 50.0, 50.0]]])
+    shifts = tf.range(40, dtype=tf.float32)[:, None] * 0.1
+    proposals = (gt[0] + shifts)[None]
+    picked = []
+    for s in range(3):
+        rois = sample_rois(proposals, gt, tf.constant([[1]]), cfg, seed=tf.constant([s, 7]))
+        assert int(tf.reduce_sum(tf.cast(rois["positive"], tf.int32))) == 32
+        pos = positive_rois(rois, num_mask_slots(cfg))
+        assert pos["rois"].shape == (5, 4)  # the cap, not the 32 positives
+        picked.append(sorted(map(tuple, pos["rois"].numpy().round(2).tolist())))
+    assert picked[0] != picked[1] or picked[1] != picked[2]  # a random subset, per seed
