@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from casting.files import write_atomic
+
 DEFAULT_CLASS_NAMES = ("disk", "holes", "chipping", "deburring")
 LAYER_GROUPS = ("heads", "3+", "4+", "5+", "all")
 NORMS = ("batch", "group")
@@ -219,8 +221,6 @@ class Config:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the config as JSON atomically (casting.files.write_atomic)."""
-        from casting.files import write_atomic
-
         write_atomic(path, self.to_json())
 
     @classmethod

@@ -149,8 +149,8 @@ def num_mask_slots(config) -> int:
     """How many of the positive slots the mask head trains on: the first
     `mask_rois_per_image` (0: all). The positive slots are in random order (`sample_rois`),
     so the first M of them are a random subset of the image's positive ROIs."""
-    cap = int(getattr(config, "mask_rois_per_image", 0) or 0)
     npos = num_positive_slots(config)
+    cap = config.mask_rois_per_image
     return min(npos, cap) if cap > 0 else npos
 
 

@@ -359,41 +359,45 @@ def save_matterport_h5(model: Any, path: str | os.PathLike) -> str:
     layers = _named_layers(model)
     config = getattr(model, "config", None)
     pool = int(getattr(config, "pool_size", 7))
-    with atomic_path(path) as tmp:
-        layer_names: list[str] = []
-        with h5py.File(tmp, "w") as f:
-            f.attrs["backend"] = b"tensorflow"
-            f.attrs["keras_version"] = b"2.2.4"
-            rpn_group = None
-            rpn_names: list[bytes] = []
-            for name, layer in layers.items():
-                variables = list(layer.weights)
-                if not variables:
-                    continue
-                if name in RPN_LAYERS:
-                    if rpn_group is None:
-                        rpn_group = f.create_group("rpn_model")
-                        layer_names.append("rpn_model")
-                    group = rpn_group
-                else:
-                    group = f.create_group(name)
-                    layer_names.append(name)
-                wnames = []
-                for var in variables:
-                    short = _var_short_name(var)
-                    value = np.asarray(var.numpy() if hasattr(var, "numpy") else var)
-                    value = _to_matterport_shape(name, short, value, pool)
-                    wname = f"{name}/{short}:0"
-                    group.create_dataset(wname, data=value)
-                    wnames.append(wname.encode("utf-8"))
-                if name in RPN_LAYERS:
-                    rpn_names.extend(wnames)
-                    group.attrs["weight_names"] = np.array(rpn_names, dtype="S")
-                else:
-                    group.attrs["weight_names"] = np.array(wnames, dtype="S")
-            # fixed-length byte strings, as Keras 2's save_weights writes them
-            f.attrs["layer_names"] = np.array([n.encode("utf-8") for n in layer_names], dtype="S")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_matterport_layout(f, layers, pool)
     return path
+
+
+def _write_matterport_layout(f: h5py.File, layers: Mapping[str, Any], pool: int) -> None:
+    """Fill an open HDF5 file with matterport's layout (see save_matterport_h5)."""
+    layer_names: list[str] = []
+    f.attrs["backend"] = b"tensorflow"
+    f.attrs["keras_version"] = b"2.2.4"
+    rpn_group = None
+    rpn_names: list[bytes] = []
+    for name, layer in layers.items():
+        variables = list(layer.weights)
+        if not variables:
+            continue
+        if name in RPN_LAYERS:
+            if rpn_group is None:
+                rpn_group = f.create_group("rpn_model")
+                layer_names.append("rpn_model")
+            group = rpn_group
+        else:
+            group = f.create_group(name)
+            layer_names.append(name)
+        wnames = []
+        for var in variables:
+            short = _var_short_name(var)
+            value = np.asarray(var.numpy() if hasattr(var, "numpy") else var)
+            value = _to_matterport_shape(name, short, value, pool)
+            wname = f"{name}/{short}:0"
+            group.create_dataset(wname, data=value)
+            wnames.append(wname.encode("utf-8"))
+        if name in RPN_LAYERS:
+            rpn_names.extend(wnames)
+            group.attrs["weight_names"] = np.array(rpn_names, dtype="S")
+        else:
+            group.attrs["weight_names"] = np.array(wnames, dtype="S")
+    # fixed-length byte strings, as Keras 2's save_weights writes them
+    f.attrs["layer_names"] = np.array([n.encode("utf-8") for n in layer_names], dtype="S")
 
 
 def _to_matterport_shape(name: str, short: str, value: np.ndarray, pool: int) -> np.ndarray:
