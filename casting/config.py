@@ -111,6 +111,13 @@ class Config:
     loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
     schedule: tuple[dict[str, Any], ...] = ()
     augment: bool = True
+    # Scale jitter and crops (training only). Each training image is resized so that its
+    # longer side is image_size x s, s uniform in train_scale_range, then a random
+    # train_crop_size square of it is the training input (0: the whole image_size square,
+    # padded). Inference always sees the whole image at image_size. So image_size 1024
+    # with crops of 512 trains at a 512-px step's cost on objects twice their 512-px size.
+    train_scale_range: tuple[float, float] = (1.0, 1.0)
+    train_crop_size: int = 0
     # Repeat-factor sampling threshold (casting.data.sampling); 0 = every image once a pass.
     repeat_threshold: float = 0.0
     seed: int = 42
@@ -165,6 +172,14 @@ class Config:
             raise ConfigError(f"norm must be one of {NORMS}, not {self.norm!r}")
         if self.image_size % 64 != 0 or self.image_size < 64:
             raise ConfigError(f"image_size must be a multiple of 64 (>= 64), not {self.image_size}")
+        if self.train_crop_size and (self.train_crop_size % 64 != 0
+                                     or not 64 <= self.train_crop_size <= self.image_size):
+            raise ConfigError(f"train_crop_size must be 0 (no crop) or a multiple of 64 from 64 "
+                              f"to image_size ({self.image_size}), not {self.train_crop_size}")
+        if (len(self.train_scale_range) != 2
+                or not 0.0 < self.train_scale_range[0] <= self.train_scale_range[1] <= 4.0):
+            raise ConfigError(f"train_scale_range must be [min, max] with 0 < min <= max <= 4, "
+                              f"not {list(self.train_scale_range)}")
         if len(self.rpn_anchor_scales) != len(self.backbone_strides):
             raise ConfigError("rpn_anchor_scales needs one scale per pyramid level (P2-P6)")
         if not 0.0 < self.roi_positive_ratio <= 1.0:

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import time
 
 
 @contextlib.contextmanager
@@ -38,6 +39,23 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(raw)
+
+
+def replace_dir(staging: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put the fully written folder ``staging`` at ``final`` (both on one file system): an
+    existing ``final`` is renamed aside first and removed once the new one is in place,
+    and the parent folder is fsynced. Readers see the old folder or the new one, whole."""
+    staging, final = os.fspath(staging), os.fspath(final)
+    parent = os.path.dirname(os.path.abspath(final))
+    old = None
+    if os.path.exists(final):
+        old = os.path.join(parent, f".tmp-old-{os.path.basename(final)}-{os.getpid()}-"
+                                   f"{time.time_ns()}")
+        os.replace(final, old)
+    os.replace(staging, final)
+    fsync_dir(parent)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def free_space_text(path: str) -> str:

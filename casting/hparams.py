@@ -139,6 +139,18 @@ def to_str_list(value: Any) -> list[str] | None:
     return items
 
 
+def to_float_pair(value: Any) -> list[float] | None:
+    """'[0.5, 1.0]', '0.5,1.0' or a list of two numbers -> [0.5, 1.0]; empty -> None."""
+    value = _structured(value)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = [item for item in value.split(",") if item.strip()]
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"not a pair of numbers [min, max]: {value!r}")
+    return [to_float(item) for item in value]
+
+
 def to_dict(value: Any) -> dict[str, Any]:
     value = _structured(value)
     if value is None or value == "":
@@ -253,6 +265,14 @@ SPECS: tuple[Spec, ...] = (
     _s("mask_rois_per_image", to_int, None, "The mask head trains on at most N of an "
        "image's positive ROIs, a random subset (0: all, up to train_rois_per_image x "
        "roi_positive_ratio = 32). Default 0."),
+    _s("train_scale_range", to_float_pair, None, "Scale jitter in training: each image is "
+       "resized to image-size x s, s uniform in [min, max], e.g. '[0.5, 1.0]'. "
+       "Default [1, 1] (off)."),
+    _s("train_crop_size", to_int, None, "Train on random crops of this side (a multiple of "
+       "64, at most --image-size) of the resized image; inference still sees the whole "
+       "image at --image-size. 0: the whole image. With --image-size 1024 and crops of 512 "
+       "a step costs about what a 512-px step does while objects keep twice the pixels. "
+       "Default 0."),
     _s("seed", to_int, None, "Random seed. Default 42."),
     _s("deterministic", to_bool, False, "Bit-for-bit repeatable training on one machine "
        "(TensorFlow's deterministic op kernels; slower). Without it two runs of the same "
@@ -299,6 +319,7 @@ CONFIG_FIELDS = (
     "learning_rate", "momentum", "weight_decay", "gradient_clip_norm", "warmup_steps",
     "scale_learning_rate", "layers", "schedule", "augment", "seed", "checkpoint_every_steps", "keep_checkpoints",
     "class_names", "lr_decay", "norm", "repeat_threshold", "mask_rois_per_image",
+    "train_scale_range", "train_crop_size",
 )
 
 

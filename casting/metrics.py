@@ -99,3 +99,13 @@ def parse_metrics(
             if match:
                 found.setdefault(name, []).append(float(match.group(1)))
     return found
+
+
+def per_class_line(metrics: Mapping[str, Any]) -> str:
+    """'segm AP50 per class on the N evaluated images: disk 1.00, holes 0.92, ...' (n/a
+    where the evaluated images hold no object of the class)."""
+    per_class = metrics["segm"].get("per_class_AP50") or {}
+    parts = [f"{name} {'n/a' if value is None else f'{value:.2f}'}"
+             for name, value in per_class.items()]
+    return (f"segm AP50 per class on the {metrics['num_images']} evaluated images: "
+            + ", ".join(parts))

@@ -59,6 +59,16 @@ def _write_json(path: str, data: Any) -> None:
     write_atomic(path, json.dumps(data))
 
 
+def _coco_results(predictor: Any, raw: Any, image_id: int) -> list[dict[str, Any]]:
+    """One image's detections as COCO results (masks as compressed RLE)."""
+    from casting import masks as mask_utils
+
+    rles = mask_utils.masks_to_rles(raw.masks)
+    return [{"image_id": image_id, "category_id": det["class_id"], "bbox": det["bbox"],
+             "score": det["score"], "segmentation": rles[k], "area": det["area"]}
+            for k, det in enumerate(predictor.format(raw, mask_format="none"))]
+
+
 def run(
     model_dir: str,
     input_path: str,
@@ -75,7 +85,6 @@ def run(
     """Predict every image under ``input_path``; returns a summary dict."""
     from tqdm import tqdm
 
-    from casting import masks as mask_utils
     from casting.inference import InferenceError, Predictor, load_image, parse_classes, parse_min_score
     from casting.visualize import save_png
 
@@ -120,16 +129,7 @@ def run(
                 next_id += 1
             images.append({"id": image_id, "file_name": name, "width": raw.width,
                            "height": raw.height})
-            rles = mask_utils.masks_to_rles(raw.masks)
-            for k, det in enumerate(predictor.format(raw, mask_format="none")):
-                results.append({
-                    "image_id": image_id,
-                    "category_id": det["class_id"],
-                    "bbox": det["bbox"],
-                    "score": det["score"],
-                    "segmentation": rles[k],
-                    "area": det["area"],
-                })
+            results.extend(_coco_results(predictor, raw, image_id))
             if overlays:
                 stem = os.path.splitext(name)[0].replace(os.sep, "__")
                 save_png(predictor.overlay(arr, raw), os.path.join(overlay_dir, stem + ".png"))

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from casting.files import write_atomic
+from casting.masks import mask_to_yxyx
 
 __all__ = ["PALETTE", "class_color", "draw_detections", "to_png_bytes", "save_png"]
 
@@ -85,17 +86,55 @@ def draw_detections(
     """
     out = as_rgb_uint8(image)
     height, width = out.shape[:2]
+    boxes_arr, masks_arr, ids, score_list = _checked_detections(
+        boxes, class_ids, scores, masks, box_format, height, width
+    )
+    if not ids:
+        return out
+    if masks_arr is not None:
+        out = _blend_masks(out, masks_arr, ids, mask_alpha)
+
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    lw = line_width or max(1, round(min(height, width) / 300))
+    font = _font(max(10, min(24, round(min(height, width) / 40))))
+    for k, class_id in enumerate(ids):
+        if boxes_arr is not None:
+            x1, y1, x2, y2 = boxes_arr[k]
+        elif masks_arr[k].any():
+            y1, x1, y2, x2 = mask_to_yxyx(masks_arr[k])
+        else:
+            continue
+        x1 = float(np.clip(x1, 0, width - 1))
+        y1 = float(np.clip(y1, 0, height - 1))
+        x2 = float(np.clip(x2 - 1, x1, width - 1))
+        y2 = float(np.clip(y2 - 1, y1, height - 1))
+        color = class_color(class_id)
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=lw)
+        if show_labels:
+            name = (
+                class_names[class_id - 1]
+                if class_names is not None and 1 <= class_id <= len(class_names)
+                else str(class_id)
+            )
+            label = name if score_list is None else f"{name} {score_list[k]:.2f}"
+            _draw_label(draw, label, (x1, y1), color, font, lw, (width, height))
+    return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def _checked_detections(boxes, class_ids, scores, masks, box_format, height, width):
+    """draw_detections' inputs as arrays and lists of one length K (boxes as xyxy),
+    or a ValueError that says which input disagrees."""
     boxes_arr = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if boxes_arr is not None and box_format == "yxyx":
         boxes_arr = boxes_arr[:, [1, 0, 3, 2]]
     elif boxes_arr is not None and box_format != "xyxy":
         raise ValueError(f"box_format must be 'xyxy' or 'yxyx', not {box_format!r}")
     masks_arr = None if masks is None else np.asarray(masks).astype(bool, copy=False)
-    if masks_arr is not None:
-        if masks_arr.ndim != 3 or masks_arr.shape[1:] != (height, width):
-            raise ValueError(
-                f"masks must be [K, {height}, {width}] for this image, got {masks_arr.shape}"
-            )
+    if masks_arr is not None and (masks_arr.ndim != 3 or masks_arr.shape[1:] != (height, width)):
+        raise ValueError(
+            f"masks must be [K, {height}, {width}] for this image, got {masks_arr.shape}"
+        )
     count = (
         len(boxes_arr) if boxes_arr is not None else (len(masks_arr) if masks_arr is not None else 0)
     )
@@ -107,58 +146,34 @@ def draw_detections(
     score_list = None if scores is None else [float(s) for s in np.asarray(scores).reshape(-1)]
     if score_list is not None and len(score_list) != count:
         raise ValueError(f"{count} detections but {len(score_list)} scores")
-    if count == 0:
-        return out
+    return boxes_arr, masks_arr, ids, score_list
 
-    # Masks: blend each instance's colour into its pixels (largest first so small ones stay
-    # visible on top), then darken the mask outline for contrast.
-    if masks_arr is not None:
-        work = out.astype(np.float32)
-        order = np.argsort([-int(m.sum()) for m in masks_arr])
-        for k in order:
-            m = masks_arr[k]
-            if not m.any():
-                continue
-            color = np.array(class_color(ids[k]), dtype=np.float32)
-            work[m] = work[m] * (1.0 - mask_alpha) + color * mask_alpha
-            edge = m & ~_erode(m)
-            work[edge] = color * 0.6
-        out = np.clip(np.rint(work), 0, 255).astype(np.uint8)
 
-    pil = Image.fromarray(out)
-    draw = ImageDraw.Draw(pil)
-    lw = line_width or max(1, round(min(height, width) / 300))
-    font = _font(max(10, min(24, round(min(height, width) / 40))))
-    for k in range(count):
-        color = class_color(ids[k])
-        if boxes_arr is not None:
-            x1, y1, x2, y2 = boxes_arr[k]
-        else:
-            ys, xs = np.nonzero(masks_arr[k])
-            if ys.size == 0:
-                continue
-            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-        x1 = float(np.clip(x1, 0, width - 1))
-        y1 = float(np.clip(y1, 0, height - 1))
-        x2 = float(np.clip(x2 - 1, x1, width - 1))
-        y2 = float(np.clip(y2 - 1, y1, height - 1))
-        draw.rectangle([x1, y1, x2, y2], outline=color, width=lw)
-        if not show_labels:
+def _draw_label(draw, label, corner, color, font, lw, size):
+    """The label on a filled tab above the box's top-left corner (below it when the box
+    touches the top), kept inside the image."""
+    (x1, y1), (width, height) = corner, size
+    tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), label, font=font)
+    tw, th = tx1 - tx0 + 4, ty1 - ty0 + 4
+    lx = min(max(0.0, x1), max(0.0, width - tw))
+    ly = y1 - th if y1 - th >= 0 else min(y1 + lw, max(0.0, height - th))
+    draw.rectangle([lx, ly, lx + tw, ly + th], fill=color)
+    text_color = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
+    draw.text((lx + 2 - tx0, ly + 2 - ty0), label, fill=text_color, font=font)
+
+
+def _blend_masks(out: np.ndarray, masks: np.ndarray, ids: list[int], alpha: float) -> np.ndarray:
+    """Blend each instance's colour into its pixels (largest first so small ones stay
+    visible on top), then darken the mask outline for contrast."""
+    work = out.astype(np.float32)
+    for k in np.argsort([-int(m.sum()) for m in masks]):
+        m = masks[k]
+        if not m.any():
             continue
-        name = (
-            class_names[ids[k] - 1]
-            if class_names is not None and 1 <= ids[k] <= len(class_names)
-            else str(ids[k])
-        )
-        label = name if score_list is None else f"{name} {score_list[k]:.2f}"
-        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), label, font=font)
-        tw, th = tx1 - tx0 + 4, ty1 - ty0 + 4
-        lx = min(max(0.0, x1), max(0.0, width - tw))
-        ly = y1 - th if y1 - th >= 0 else min(y1 + lw, max(0.0, height - th))
-        draw.rectangle([lx, ly, lx + tw, ly + th], fill=color)
-        text_color = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
-        draw.text((lx + 2 - tx0, ly + 2 - ty0), label, fill=text_color, font=font)
-    return np.asarray(pil, dtype=np.uint8).copy()
+        color = np.array(class_color(ids[k]), dtype=np.float32)
+        work[m] = work[m] * (1.0 - alpha) + color * alpha
+        work[m & ~_erode(m)] = color * 0.6
+    return np.clip(np.rint(work), 0, 255).astype(np.uint8)
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -176,3 +191,22 @@ def to_png_bytes(image: np.ndarray) -> bytes:
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
     """Write a PNG atomically (casting.files.write_atomic)."""
     write_atomic(path, to_png_bytes(image))
+
+
+def write_overlays(kept, class_names, out_dir, min_score: float) -> list[str]:
+    """PNGs `<out_dir>/<image stem>.png` of evaluated images `kept` ((record, image,
+    detections) triples, as casting.evaluation.evaluate_model keeps them) with the
+    detections a deployed model would return (score above `min_score`). Returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for rec, image, det in kept:
+        keep = np.flatnonzero(np.asarray(det["scores"]) > min_score)
+        det = {k: np.asarray(det[k])[keep] for k in ("boxes", "class_ids", "scores", "masks")}
+        drawn = draw_detections(image, boxes=det["boxes"], class_ids=det["class_ids"],
+                                scores=det["scores"], masks=det["masks"],
+                                class_names=class_names, box_format="yxyx")
+        stem = os.path.splitext(os.path.basename(rec.image_id))[0]
+        path = os.path.join(out_dir, f"{stem}.png")
+        save_png(drawn, path)
+        written.append(path)
+    return written

@@ -7,7 +7,6 @@ matterport.
 from __future__ import annotations
 
 import logging
-import os
 import urllib.request
 
 import numpy as np
@@ -379,19 +378,18 @@ def download_trained_weights(coco_model_path, verbose=1):
     """Download matterport's COCO weights (`mask_rcnn_coco.h5`) to `coco_model_path`."""
     if verbose > 0:
         print(f"Downloading pretrained model to {coco_model_path} ...")
-    tmp = f"{coco_model_path}.part"
+    from casting.files import atomic_path
+
     try:
-        with urllib.request.urlopen(COCO_MODEL_URL) as resp, open(tmp, "wb") as out:
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
+        with atomic_path(coco_model_path, suffix=".part") as tmp:
+            with urllib.request.urlopen(COCO_MODEL_URL) as resp, open(tmp, "wb") as out:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise OSError(
             f"could not download {COCO_MODEL_URL} ({exc}); download it elsewhere and copy it "
             f"to {coco_model_path}"
         ) from exc
-    os.replace(tmp, coco_model_path)
     if verbose > 0:
         print("... done downloading pretrained model!")
 

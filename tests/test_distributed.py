@@ -179,7 +179,7 @@ def test_multi_worker_job_stopped_and_killed_resumes_from_the_chiefs_checkpoint(
         p.p.kill()
     _finish(procs, timeout=30)
     for log in (p.text for p in procs):
-        assert f"Resuming from checkpoint" in log and f"ckpt-{s0:010d}" in log
+        assert "Resuming from checkpoint" in log and f"ckpt-{s0:010d}" in log
     killed_at = int(_checkpoints(chief)[-1][len("ckpt-"):])
     assert s0 < killed_at < total
 

@@ -53,3 +53,19 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc" * 1000)
     assert sha256_file(str(path)) == hashlib.sha256(b"abc" * 1000).hexdigest()
+
+
+def test_replace_dir_swaps_a_whole_folder_in(tmp_path):
+    from casting.files import replace_dir
+
+    final = tmp_path / "saved_model"
+    for content in ("first", "second"):
+        staging = tmp_path / f".tmp-staging-{content}"
+        staging.mkdir()
+        (staging / "file.txt").write_text(content)
+        replace_dir(staging, final)
+        assert (final / "file.txt").read_text() == content
+        assert not staging.exists()
+    # the folder it replaced is gone, and nothing else is left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model"]
+    assert sorted(p.name for p in final.iterdir()) == ["file.txt"]

@@ -100,3 +100,13 @@ def test_scale_learning_rate_reaches_the_config_and_the_plan():
                                                      {"epochs": 1})), lr_scale=4)
     assert [s.lr for s in plan.stages] == [pytest.approx(0.08), pytest.approx(0.04)]
     assert Config().scale_learning_rate is False
+
+
+def test_scale_range_and_crop_size_as_sagemaker_sends_them():
+    for raw in ('"[0.5, 1.0]"', "0.5,1.0", "[0.5, 1]"):
+        hp = parse_hyperparameters(["--train-scale-range", raw, "--train_crop_size", '"512"',
+                                    "--image-size", "1024"])
+        cfg = Config().replace(**hp.config_overrides())
+        assert cfg.train_scale_range == (0.5, 1.0) and cfg.train_crop_size == 512
+    with pytest.raises(HyperparameterError, match="--train-scale-range"):
+        parse_hyperparameters(["--train-scale-range", "[0.5]"])

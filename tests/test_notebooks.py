@@ -264,11 +264,6 @@ def test_notebook_3_offline_skips_sending(moto, tmp_path):
     assert not list((tmp_path / "out").glob("*.png"))
 
 
-DATA_CLI = (ROOT / "casting" / "data" / "__main__.py").exists() or \
-    (ROOT / "casting" / "data" / "cli.py").exists()
-
-
-@pytest.mark.skipif(not DATA_CLI, reason="the data CLI (python -m casting.data) is not there yet")
 def test_notebook_1_prepare_data(moto, tmp_path):
     bucket = "casting-nb1"
     execute("1_prepare_data.ipynb", {

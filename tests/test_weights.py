@@ -127,10 +127,13 @@ def test_missing_imagenet_file_says_where_it_goes_and_the_cli_way_out(tmp_path, 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
-    def offline(**kwargs):  # what Keras raises when the download cannot be reached
+    asked = {}
+
+    def offline(fname, origin, **kwargs):  # what Keras raises when the download fails
+        asked.update(kwargs, fname=fname, origin=origin)
         raise Exception("URL fetch failure: [Errno -2] Name or service not known")
 
-    monkeypatch.setattr(keras.applications, "ResNet50", offline)
+    monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(W.WeightsError) as info:
         W.load_init_weights(target3, "imagenet")
     text = str(info.value)
@@ -139,6 +142,10 @@ def test_missing_imagenet_file_says_where_it_goes_and_the_cli_way_out(tmp_path, 
     assert "--init-weights none" in text and "init_weights='none'" not in text
     folders = text.split("Keras cache (")[1].split(")")[0].split(", ")
     assert len(folders) == len(set(folders))  # each folder named once
+    # the download is Keras' public get_file, into its cache, checked by the published MD5
+    assert asked["fname"] == W.imagenet_cache_filename("resnet50")
+    assert asked["origin"].endswith("/" + asked["fname"]) and asked["origin"].startswith("https://")
+    assert asked["cache_subdir"] == "models" and len(asked["file_hash"]) == 32
 
 
 # ---- matterport .h5 -------------------------------------------------------------------------
@@ -218,7 +225,7 @@ def test_fc_kernel_stored_as_dense_is_reshaped(source, tmp_path, target3):
     got = model.named_layers()["mrcnn_class_conv1"].get_weights()
     assert np.array_equal(got[0], kernel) and np.array_equal(got[1], bias)
     assert "mrcnn_mask" in report.missing
-    flat = W._fit_array(kernel, (12544, 1024))
+    flat = W.by_name._fit_array(kernel, (12544, 1024))
     assert np.array_equal(flat[(3 * 7 + 5) * 256 + 17], kernel[3, 5, 17])  # row-major y, x, c
 
 

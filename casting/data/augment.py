@@ -95,3 +95,23 @@ def augment(image, masks, seed):
         lambda: image + tf.random.stateless_normal(tf.shape(image), s[10]) * _u(s[11], 0.0, 5.0),
         lambda: image)
     return tf.clip_by_value(image, 0.0, 255.0), masks
+
+
+def jittered_size(size: int, scale_range, seed) -> tf.Tensor:
+    """Scale jitter: round(size x s), s uniform in scale_range (stateless in `seed`), as the
+    longer side an image is resized to before augmentation and cropping."""
+    lo, hi = (float(v) for v in scale_range)
+    s = _u(tf.cast(seed, tf.int64), lo, hi)
+    return tf.maximum(1, tf.cast(tf.round(size * s), tf.int32))
+
+
+def random_crop(image, masks, crop: int, seed):
+    """A crop x crop window of image [h, w, 3] and masks [h, w, K] at a random place (each
+    side kept whole where it is shorter than `crop`). Instances that the window cuts keep
+    their visible part; the pipeline drops those left with no pixel."""
+    s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    ch, cw = tf.minimum(h, crop), tf.minimum(w, crop)
+    oy = tf.random.stateless_uniform((), seed=s[0], minval=0, maxval=h - ch + 1, dtype=tf.int32)
+    ox = tf.random.stateless_uniform((), seed=s[1], minval=0, maxval=w - cw + 1, dtype=tf.int32)
+    return image[oy:oy + ch, ox:ox + cw], masks[oy:oy + ch, ox:ox + cw]

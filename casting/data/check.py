@@ -278,3 +278,21 @@ def settle_image_size(image_path, height, width, image_id, report, check_images:
     height, width = int(height), int(width)
     report.image_sizes.append((height, width))
     return height, width, orientation
+
+
+def checked_record(image_id, image_path, height, width, report, check_images: bool,
+                   class_names: Sequence[str], parse, loader_for, **fields):
+    """The Record of one annotated image, its size settled (settle_image_size) and its
+    objects checked into `report`: `parse(height, width)` gives their (instance, problem)
+    pairs now, `loader_for(height, width)` the loader that decodes them again when training
+    reads them. An image whose size cannot be known gives an empty record. `fields` go to
+    the Record (e.g. source_id)."""
+    from casting.data.records import Record  # local import: avoid a cycle
+
+    size = settle_image_size(image_path, height, width, image_id, report, check_images)
+    if size is None:
+        return Record(image_id, image_path, 0, 0, instances=[])
+    height, width, orientation = size
+    report.add_image_objects(parse(height, width), class_names)
+    return Record(image_id, image_path, height, width, loader=loader_for(height, width),
+                  orientation=orientation, **fields)

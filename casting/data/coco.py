@@ -20,7 +20,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from casting.data import check as chk
-from casting.data.records import DatasetError, DatasetRecords, Instance, Record
+from casting.data.records import DatasetError, DatasetRecords, Instance
 from casting.files import write_atomic
 from casting.masks import mask_to_bbox, mask_to_rle
 
@@ -184,19 +184,14 @@ def read_coco(path: str, class_map: Mapping[str, str | None] | None = None,
             image_id = f"{file_name}#{img.get('id')}"
         seen_names.add(image_id)
         image_path = _resolve_image(json_dir, file_name)
-        height, width = img.get("height"), img.get("width")
-        size = chk.settle_image_size(image_path, height, width, image_id, report, check_images)
-        if size is None:
-            records.append(Record(image_id, image_path, 0, 0, instances=[]))
-            continue
-        height, width, orientation = size
         anns = by_image.get(img.get("id"), [])
-        report.add_image_objects(
-            _parse_anns(anns, json_path, image_id, height, width, cat_to_class, report),
-            mapper.class_names)
-        records.append(Record(image_id, image_path, height, width, source_id=img.get("id"),
-                              loader=_make_loader(anns, json_path, image_id, height, width,
-                                                  cat_to_class), orientation=orientation))
+        records.append(chk.checked_record(
+            image_id, image_path, img.get("height"), img.get("width"), report, check_images,
+            mapper.class_names, source_id=img.get("id"),
+            parse=lambda h, w: _parse_anns(anns, json_path, image_id, h, w, cat_to_class,
+                                           report),
+            loader_for=lambda h, w: _make_loader(anns, json_path, image_id, h, w,
+                                                 cat_to_class)))
     return DatasetRecords(mapper.class_names, records, source_category_ids=source_ids), report
 
 

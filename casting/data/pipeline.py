@@ -3,8 +3,9 @@
 Per image: read and decode the file (in-graph), turn it by its EXIF orientation as the
 annotation saw it (casting.images), fetch its masks from the record (one small
 `numpy_function`: masks are decoded from the annotation or RLE on demand), resize keeping
-the aspect so the longer side is `config.image_size`, augment (training), zero-pad
-bottom/right to a square, recompute boxes from the masks, drop instances that vanished,
+the aspect so the longer side is `config.image_size` (in training, times a scale drawn from
+`config.train_scale_range`), augment (training), take a random `config.train_crop_size`
+square (training, when set or when the scale jitters), zero-pad bottom/right to a square, recompute boxes from the masks, drop instances that vanished,
 pad to `config.max_gt_instances`. Parallel map, batch, prefetch.
 """
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 from casting.data.augment import augment as _augment
+from casting.data.augment import jittered_size, random_crop
 from casting.data.records import DatasetRecords
 from casting.data.sampling import index_stream, repeat_factors
 from casting.images import orient_tensor
@@ -129,6 +132,75 @@ def _repeat_factor_files(ds: DatasetRecords, mine: np.ndarray, paths: np.ndarray
     return positions.map(lambda i: (tf.gather(indices, i), tf.gather(names, i)))
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """Resize (longer side = image_size, times a jittered scale in training), augment, crop
+    and pad one example; its random draws depend only on (seed, example counter)."""
+
+    size: int  # config.image_size
+    out_size: int  # the side of the square the model sees
+    seed: int
+    scale_range: tuple[float, float]
+    jitter: bool
+    augment: bool
+    crop: bool
+
+    @classmethod
+    def of(cls, config, training: bool, seed: int) -> "_Geometry":
+        size, crop = int(config.image_size), int(config.train_crop_size)
+        scale_range = tuple(float(v) for v in config.train_scale_range)
+        jitter = bool(training and scale_range != (1.0, 1.0))
+        return cls(size, crop if (training and crop) else size, seed, scale_range, jitter,
+                   bool(training and config.augment), bool(training and (crop or jitter)))
+
+    def apply(self, image, masks, counter):
+        """image uint8 [h, w, 3], masks uint8 [h, w, K+1] -> (float32 [S, S, 3], bool
+        [S, S, K+1], resize scale), S = out_size."""
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        # scale jitter and crops draw from their own seeds, so the augmentation of a run
+        # without them is unchanged
+        target = self.size
+        if self.jitter:
+            target = jittered_size(self.size, self.scale_range,
+                                   tf.stack([tf.constant(self.seed + 7919, tf.int64), counter]))
+        nh, nw, scale = resized_shape(height, width, target)
+        image = _resize(tf.cast(image, tf.float32), nh, nw)
+        # a mask pixel is set where the instance covers at least half of it
+        masks = _resize(tf.cast(masks, tf.float32), nh, nw, method="area")
+        masks = tf.cast(masks >= 0.5, tf.float32)
+        if self.augment:
+            image, masks = _augment(image, masks,
+                                    tf.stack([tf.constant(self.seed, tf.int64), counter]))
+        if self.crop:
+            image, masks = random_crop(
+                image, masks, self.out_size,
+                tf.stack([tf.constant(self.seed + 104729, tf.int64), counter]))
+        size = self.out_size
+        image = tf.ensure_shape(_pad(image, size), [size, size, 3])
+        return image, _pad(masks, size) > 0.5, scale
+
+
+def _file_stream(ds: DatasetRecords, training: bool, input_context, repeat: bool, skip: int,
+                 seed: int, threshold: float) -> tf.data.Dataset:
+    """(example counter, (record index, image path)) for this input pipeline's share of the
+    images: shuffled each pass when training (or drawn by repeat-factor sampling), repeated
+    when asked, the first `skip` examples dropped."""
+    paths = np.array([r.image_path for r in ds.records], dtype=object).astype(str)
+    mine = np.arange(len(paths), dtype=np.int64)  # this input pipeline's images
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        mine = mine[input_context.input_pipeline_id::input_context.num_input_pipelines]
+    if training and threshold > 0:
+        files = _repeat_factor_files(ds, mine, paths[mine], threshold, seed, repeat)
+    else:
+        files = tf.data.Dataset.from_tensor_slices((mine, paths[mine]))
+        if training:
+            files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            files = files.repeat()
+    files = files.enumerate()  # example counter -> per-example augmentation seed
+    return files.skip(int(skip)) if skip else files
+
+
 def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | None = None,
                  input_context: tf.distribute.InputContext | None = None,
                  repeat: bool | None = None, skip: int = 0) -> tf.data.Dataset:
@@ -146,33 +218,19 @@ def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | N
     """
     if not ds.records:
         raise ValueError("make_dataset: the dataset has no images")
-    size = int(config.image_size)
     max_n = int(config.max_gt_instances)
     batch_size = int(batch_size or config.batch_size)
     repeat = training if repeat is None else repeat
-    do_augment = bool(training and config.augment)
     seed = int(config.seed)
-
-    paths = np.array([r.image_path for r in ds.records], dtype=object).astype(str)
     orientations = tf.constant([r.orientation for r in ds.records], tf.int32)
-    mine = np.arange(len(paths), dtype=np.int64)  # this input pipeline's images
     if input_context is not None and input_context.num_input_pipelines > 1:
-        mine = mine[input_context.input_pipeline_id::input_context.num_input_pipelines]
         seed += input_context.input_pipeline_id  # different shuffles per worker
-    threshold = float(config.repeat_threshold)
-    if training and threshold > 0:
-        files = _repeat_factor_files(ds, mine, paths[mine], threshold, seed, repeat)
-    else:
-        files = tf.data.Dataset.from_tensor_slices((mine, paths[mine]))
-        if training:
-            files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            files = files.repeat()
-    files = files.enumerate()  # example counter -> per-example augmentation seed
-    if skip:
-        files = files.skip(int(skip))
+    files = _file_stream(ds, training, input_context, repeat, skip, seed,
+                         float(config.repeat_threshold))
 
     load_np = _instance_loader(ds, max_n)
+    geometry = _Geometry.of(config, training, seed)
+    out_size = geometry.out_size
 
     def load(counter, item):
         index, path = item
@@ -186,16 +244,8 @@ def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | N
         tf.debugging.assert_equal(
             tf.shape(masks)[:2], tf.shape(image)[:2],
             message=tf.strings.join(["image size differs from its annotation: ", path]))
-        nh, nw, scale = resized_shape(height, width, size)
-        image = _resize(tf.cast(image, tf.float32), nh, nw)
-        # a mask pixel is set where the instance covers at least half of it
-        masks = _resize(tf.cast(masks, tf.float32), nh, nw, method="area")
-        masks = tf.cast(masks >= 0.5, tf.float32)
-        if do_augment:
-            image, masks = _augment(image, masks, tf.stack([tf.constant(seed, tf.int64),
-                                                            counter]))
-        image = tf.ensure_shape(_pad(image, size), [size, size, 3])
-        masks = _pad(masks, size)[..., :-1] > 0.5  # drop the extra channel
+        image, masks, scale = geometry.apply(image, masks, counter)
+        masks = masks[..., :-1]  # drop the extra channel
         boxes, areas = _boxes_from_masks(masks)
         keep = tf.where(areas > 0)[:, 0]  # instances that vanished are dropped
         boxes = tf.gather(boxes, keep)
@@ -209,7 +259,7 @@ def make_dataset(ds: DatasetRecords, config, training: bool, batch_size: int | N
             "gt_class_ids": tf.ensure_shape(tf.pad(class_ids, [[0, pad]]), [max_n]),
             "gt_masks": tf.ensure_shape(
                 tf.pad(tf.cast(masks, tf.uint8), [[0, pad], [0, 0], [0, 0]]),
-                [max_n, size, size]),
+                [max_n, out_size, out_size]),
             "num_instances": n,
             "image_info": tf.stack([tf.cast(height, tf.float32), tf.cast(width, tf.float32),
                                     scale, 0.0]),

@@ -267,18 +267,11 @@ def read_supervisely(root: str, class_map: Mapping[str, str | None] | None = Non
             records.append(Record(image_id, image_path, 0, 0, instances=[]))
             continue
         size = ann.get("size") or {}
-        height, width = size.get("height"), size.get("width")
-        size = chk.settle_image_size(image_path, height, width, image_id, report, check_images)
-        if size is None:
-            records.append(Record(image_id, image_path, 0, 0, instances=[]))
-            continue
-        height, width, orientation = size
-        report.add_image_objects(
-            _parse_objects(ann, ann_path, image_id, height, width, mapper, report),
-            mapper.class_names)
-        records.append(Record(image_id, image_path, height, width,
-                              loader=_make_loader(ann_path, image_id, height, width, mapper),
-                              orientation=orientation))
+        records.append(chk.checked_record(
+            image_id, image_path, size.get("height"), size.get("width"), report, check_images,
+            mapper.class_names,
+            parse=lambda h, w: _parse_objects(ann, ann_path, image_id, h, w, mapper, report),
+            loader_for=lambda h, w: _make_loader(ann_path, image_id, h, w, mapper)))
     return DatasetRecords(mapper.class_names, records), report
 
 

@@ -82,7 +82,11 @@ def defect_scale(size: int) -> float:
 
 
 def render_casting(rng: np.random.Generator, size: int = 512):
-    """-> (grey image uint8 [size, size], list of (class name, bool mask [size, size]))."""
+    """-> (grey image uint8 [size, size], list of (class name, bool mask [size, size])).
+
+    Drawn at 2x in this order (each step takes its random numbers from `rng` in turn, so an
+    image depends only on the generator's state): the part's geometry, the background, the
+    part's surface, chips, burrs, holes, then the camera's blur and noise at 1x."""
     n = 2 * size
     px = 2.0 * defect_scale(size)  # one "512-image pixel" in 2x pixels
     part = _Part(rng, n)
@@ -90,16 +94,30 @@ def render_casting(rng: np.random.Generator, size: int = 512):
     xs = np.arange(n, dtype=np.float32)[None, :] + 0.5
     r, th = part.polar(ys, xs)
     lit = np.cos(th - part.light).astype(np.float32)
+    bg = _background(rng, n, ys, xs, r, lit)
+    part_img = _surface(rng, part, r, th, lit, px)
+    disk = r <= 1.0
+    img = np.where(disk, part_img, bg).astype(np.float32)
+    canvas = _Canvas(n)
+    _draw_chips(rng, canvas, part, img, bg, disk, px)
+    _draw_burrs(rng, canvas, part, img, disk, px)
+    _draw_holes(rng, canvas, part, img, px)
+    return _to_photo(rng, size, img, disk, canvas.instances)
 
-    # Background: flat grey, a gentle gradient, a soft shadow outside the rim.
+
+def _background(rng, n, ys, xs, r, lit):
+    """Flat grey, a gentle gradient, a soft shadow outside the rim."""
     bg_level = rng.uniform(130, 215)
     gy, gx = rng.uniform(-12, 12, 2)
     bg = bg_level + gy * (ys / n - 0.5) + gx * (xs / n - 0.5)
     shadow_w = 0.07
     shadow = np.clip(1 - (r - 1) / shadow_w, 0, 1) * (r >= 1) * (0.55 - 0.45 * lit)
-    bg = bg - rng.uniform(25, 45) * shadow
+    return bg - rng.uniform(25, 45) * shadow
 
-    # Radial profile of the part (r = fraction of its radius) and how strongly light acts.
+
+def _surface(rng, part, r, th, lit, px):
+    """The part's grey: its radial profile (r = fraction of its radius) lit from one side,
+    lathe turning marks on the shroud and faint curved vanes in the dark eye."""
     bore = rng.uniform(105, 135)
     knots = [0.0, 0.14, 0.155, 0.17, 0.19, 0.27, 0.29, 0.305, 0.32, 0.54, 0.555, 0.57,
              0.59, 0.605, 0.625, 0.65, 0.93, 0.965, 1.0]
@@ -121,37 +139,45 @@ def render_casting(rng: np.random.Generator, size: int = 512):
     eye = (r > 0.32) & (r < 0.54)
     phase = n_vanes * (th + twist * np.log(np.maximum(r, 1e-3))) + rng.uniform(0, 2 * np.pi)
     part_img += eye * (14 * np.clip((np.cos(phase) - 0.6) / 0.4, 0, 1) + 4 * lit)
+    return part_img
 
-    disk = r <= 1.0
-    img = np.where(disk, part_img, bg).astype(np.float32)
 
-    instances: list[list] = []  # [class name, 2x mask (full), window]
+class _Canvas:
+    """The defects drawn so far at 2x: [class name, mask of its window, window]."""
 
-    def add(name, mask2, window):
+    def __init__(self, n: int):
+        self.n = n
+        self.instances: list[list] = []
+
+    def add(self, name, mask2, window):
         y0, y1, x0, x1 = window
-        for other in instances:  # later defects overwrite earlier ones
+        for other in self.instances:  # later defects overwrite earlier ones
             oy0, oy1, ox0, ox1 = other[2]
             iy0, iy1, ix0, ix1 = max(y0, oy0), min(y1, oy1), max(x0, ox0), min(x1, ox1)
             if iy0 < iy1 and ix0 < ix1:
                 other[1][iy0 - oy0:iy1 - oy0, ix0 - ox0:ix1 - ox0] &= \
                     ~mask2[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
-        instances.append([name, mask2, window])
+        self.instances.append([name, mask2, window])
 
-    def local(cy, cx, half):
-        win = _window(n, cy, cx, half)
+    def local(self, cy, cx, half):
+        """(window, its pixel-centre rows, columns) around (cy, cx)."""
+        win = _window(self.n, cy, cx, half)
         y0, y1, x0, x1 = win
         ly = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5
         lx = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5
         return win, ly, lx
 
-    # ---- chipping: notches out of the rim (filled with background) or the lip (dark eye)
+
+def _draw_chips(rng, canvas, part, img, bg, disk, px):
+    """Chipping: notches out of the rim (filled with background) or the lip (dark eye);
+    each is cut out of the `disk` mask."""
     for _ in range(min(rng.poisson(2.2), 6)):
         theta = rng.uniform(0, 2 * np.pi)
         on_lip = rng.random() < 0.35
         rc = 0.575 if on_lip else 1.0
         rb = rng.uniform(5.0, 14.0) * px * (0.7 if on_lip else 1.0)
         cy, cx = part.point(rc, theta)
-        win, ly, lx = local(cy, cx, rb * 1.6 + 2)
+        win, ly, lx = canvas.local(cy, cx, rb * 1.6 + 2)
         lr, lth = part.polar(ly, lx)
         rough = _rough(rng)
         d = np.sqrt((ly - cy) ** 2 + ((lx - cx) * rng.uniform(0.7, 1.3)) ** 2)
@@ -168,15 +194,17 @@ def render_casting(rng: np.random.Generator, size: int = 512):
         fill = (rng.uniform(18, 35) if on_lip else bg[y0:y1, x0:x1])
         sub[notch] = (fill if np.isscalar(fill) else fill[notch])
         disk[y0:y1, x0:x1] &= ~notch
-        add("chipping", notch, win)
+        canvas.add("chipping", notch, win)
 
-    # ---- deburring: ragged extra metal outside the rim
+
+def _draw_burrs(rng, canvas, part, img, disk, px):
+    """Deburring: ragged extra metal outside the rim."""
     for _ in range(min(rng.poisson(1.4), 4)):
         theta = rng.uniform(0, 2 * np.pi)
         half_len = rng.uniform(8, 24) * px  # along the rim
         thick = rng.uniform(6, 18) * px  # outwards
         cy, cx = part.point(1.0 + thick / part.radius / 2, theta)
-        win, ly, lx = local(cy, cx, half_len + thick + 2)
+        win, ly, lx = canvas.local(cy, cx, half_len + thick + 2)
         lr, lth = part.polar(ly, lx)
         dang = np.angle(np.exp(1j * (lth - theta))) * part.radius  # arc length from centre
         rough, rough2 = _rough(rng, 12), _rough(rng, 24)
@@ -193,15 +221,17 @@ def render_casting(rng: np.random.Generator, size: int = 512):
         shade = (rng.uniform(85, 140) + 45 * llit + tex
                  - 30 * np.clip(out / (reach + 1e-3), 0, 1))
         img[y0:y1, x0:x1][burr] = shade[burr]
-        add("deburring", burr, win)
+        canvas.add("deburring", burr, win)
 
-    # ---- holes: dark round pits whose wall facing the light is lit
+
+def _draw_holes(rng, canvas, part, img, px):
+    """Holes: dark round pits whose wall facing the light is lit."""
     for _ in range(min(rng.poisson(0.9), 3)):
         theta = rng.uniform(0, 2 * np.pi)
         rc = rng.uniform(0.68, 0.92) if rng.random() < 0.8 else rng.uniform(0.2, 0.27)
         rh = rng.uniform(5.0, 13.0) * px
         cy, cx = part.point(rc, theta)
-        win, ly, lx = local(cy, cx, rh * 1.4 + 2)
+        win, ly, lx = canvas.local(cy, cx, rh * 1.4 + 2)
         e = rng.uniform(0.8, 1.2)
         d = np.sqrt((ly - cy) ** 2 * e + (lx - cx) ** 2 / e)
         pit = d < rh
@@ -213,9 +243,12 @@ def render_casting(rng: np.random.Generator, size: int = 512):
         dark = rng.uniform(30, 70)
         value = dark + rng.uniform(110, 170) * wall
         img[y0:y1, x0:x1][pit] = value[pit]
-        add("holes", pit, win)
+        canvas.add("holes", pit, win)
 
-    # ---- downsample 2x: image by mean, masks by >= half coverage
+
+def _to_photo(rng, size, img, disk, instances):
+    """Downsample 2x (image by mean, masks by >= half coverage), blur and noise like the
+    camera; -> (uint8 image, [(class name, mask)]) without instances under MIN_AREA."""
     def down(a):
         return a.reshape(size, 2, size, 2).mean(axis=(1, 3))
 

@@ -34,8 +34,10 @@ def build_fpn(c_features, channels: int = 256):
 
 
 def build_backbone_fpn(config) -> keras.Model:
-    """A functional model: normalised image [B, S, S, 3] -> [P2, P3, P4, P5, P6]."""
-    image = keras.Input(shape=(config.image_size, config.image_size, 3), name="input_image")
+    """A functional model: normalised image [B, S, S, 3] (S a multiple of 64) -> [P2, P3,
+    P4, P5, P6]."""
+    # any square side that is a multiple of 64: training crops are smaller than image_size
+    image = keras.Input(shape=(None, None, 3), name="input_image")
     c_features = build_resnet(image, config.backbone, config.train_bn, config.norm)
     pyramid = build_fpn(c_features, config.fpn_channels)
     return keras.Model(image, pyramid, name="backbone_fpn")

@@ -17,7 +17,7 @@ import tempfile
 import tensorflow as tf
 
 from casting.config import Config, ConfigError
-from casting.files import atomic_path, reserve_space_for
+from casting.files import atomic_path, replace_dir, reserve_space_for
 from casting.finite import check_finite
 
 CONFIG_FILE = "config.json"
@@ -54,20 +54,16 @@ def save_model_dir(model, path: str, saved_model: bool = True) -> None:
     check_finite(model.weights, f"the model folder {path}")
     os.makedirs(path, exist_ok=True)
     reserve_space_for(path, model.weights)  # a full disk fails here, cleanly
-    pid = os.getpid()
     with atomic_path(os.path.join(path, WEIGHTS_FILE), suffix=".weights.h5") as tmp_weights:
         model.save_weights(tmp_weights)
     if saved_model:
         staging = tempfile.mkdtemp(prefix=".tmp-saved-model-", dir=path)
-        export_saved_model(model, staging)
-        final = os.path.join(path, SAVED_MODEL_DIR)
-        old = None
-        if os.path.exists(final):
-            old = final + f".old-{pid}"
-            os.replace(final, old)
-        os.replace(staging, final)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            export_saved_model(model, staging)
+            replace_dir(staging, os.path.join(path, SAVED_MODEL_DIR))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     model.config.save(os.path.join(path, CONFIG_FILE))
 
 

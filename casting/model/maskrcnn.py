@@ -15,7 +15,7 @@ from casting.config import LAYER_GROUPS, LOSS_NAMES, Config
 from casting.distribute import is_multi_worker
 from casting.model import losses as L
 from casting.model import rpn as rpn_lib
-from casting.model.anchors import anchors_for_config
+from casting.model.anchors import anchors_for_config, generate_anchors
 from casting.model.fpn import build_backbone_fpn
 from casting.model.roi_heads import (
     BoxHead, MaskHead, mask_targets_flat, num_mask_slots, pool, pool_flat, positive_rois,
@@ -139,10 +139,12 @@ class MaskRCNN(keras.Model):
         gt_class_ids = tf.cast(batch["gt_class_ids"], tf.int32)
         pyramid = self.pyramid(batch["image"], training=training)
         rpn_logits, rpn_deltas = self.rpn(pyramid)
-        anchors = tf.constant(self.anchors)
+        # training crops (config.train_crop_size) are smaller than the inference size
+        size = batch["image"].shape[1] or cfg.image_size
+        anchors = tf.constant(self.anchors_for_size(size))
         match, rpn_target = rpn_lib.rpn_targets(anchors, gt_boxes, gt_class_ids, cfg, seed=seed)
         proposals = rpn_lib.generate_proposals(rpn_logits, rpn_deltas, anchors, cfg,
-                                               cfg.post_nms_rois_training)
+                                               cfg.post_nms_rois_training, image_size=size)
         rois = sample_rois(proposals, gt_boxes, gt_class_ids, cfg, seed=seed)
         class_logits, deltas = self.box_head(pool(pyramid, rois["rois"], cfg.pool_size),
                                              training=training)
@@ -164,6 +166,15 @@ class MaskRCNN(keras.Model):
             "mrcnn_mask_loss": L.mrcnn_mask_loss(pos_classes, targets, mask_logits,
                                                  tf.ones_like(pos_classes, tf.bool)),
         }
+
+    def anchors_for_size(self, size: int) -> np.ndarray:
+        """The pyramid's anchors for a square input of `size` (self.anchors at image_size)."""
+        size = int(size)
+        if size == self.config.image_size:
+            return self.anchors
+        cfg = self.config
+        return generate_anchors(size, cfg.rpn_anchor_scales, cfg.rpn_anchor_ratios,
+                                cfg.backbone_strides)
 
     def calibrate_batchnorm(self, batch) -> int:
         """Set every BatchNorm's moving statistics from one batch of training data.

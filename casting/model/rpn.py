@@ -117,8 +117,9 @@ def rpn_targets(anchors: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tensor
 
 
 def generate_proposals(logits: tf.Tensor, deltas: tf.Tensor, anchors: tf.Tensor, config,
-                       num_proposals: int) -> tf.Tensor:
-    """Top-scoring anchors, refined by their deltas, clipped to the image and thinned by NMS.
+                       num_proposals: int, image_size: int | None = None) -> tf.Tensor:
+    """Top-scoring anchors, refined by their deltas, clipped to the image (a square of
+    `image_size`, default config.image_size) and thinned by NMS.
 
     Returns [B, num_proposals, 4] boxes in pixels, zero-padded where NMS left fewer.
     """
@@ -128,7 +129,8 @@ def generate_proposals(logits: tf.Tensor, deltas: tf.Tensor, anchors: tf.Tensor,
     top_deltas = tf.gather(deltas, top_idx, batch_dims=1)
     top_anchors = tf.gather(anchors, top_idx)
     boxes = ops.decode_boxes(top_deltas, top_anchors, config.rpn_bbox_std_dev)
-    boxes = ops.clip_boxes(boxes, config.image_size, config.image_size)
+    size = image_size or config.image_size
+    boxes = ops.clip_boxes(boxes, size, size)
 
     def one_image(args):
         img_boxes, img_scores = args

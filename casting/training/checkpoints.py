@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from casting.errors import Explained
-from casting.files import free_space_text, fsync_dir, fsync_file, reserve_space_for, sha256_file
+from casting.files import (free_space_text, fsync_dir, fsync_file, replace_dir, reserve_space_for,
+                           sha256_file)
 from casting.finite import check_finite
 from casting.training.rng import restore_rng_state
 
@@ -247,14 +248,8 @@ class CheckpointManager:
                 fh.flush()
                 os.fsync(fh.fileno())
             fsync_dir(tmp)
-            if os.path.exists(final):  # same global step saved before (e.g. stop, then epoch end)
-                old = os.path.join(self.directory, f"{TMP_PREFIX}old-{name}-{time.time_ns()}")
-                os.rename(final, old)
-                os.rename(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
-            fsync_dir(self.directory)
+            # the same global step may have been saved before (e.g. a stop, then epoch end)
+            replace_dir(tmp, final)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise _write_error(self.directory, exc) from exc

@@ -1,7 +1,5 @@
 """Supervisely and COCO readers on handmade fixtures: every geometry, exact masks."""
 
-import json
-import logging
 
 import numpy as np
 import pytest

@@ -162,3 +162,40 @@ def test_empty_image_and_preprocess_tensor(tmp_path):
     assert int(b["num_instances"][0]) == 0 and not b["gt_masks"].numpy().any()
     out, scale = preprocess_image(tf.zeros([30, 20, 1], tf.uint8), 64)
     assert out.shape == (64, 64, 3) and abs(float(scale) - 64 / 30) < 1e-6
+
+
+def test_scale_jitter_and_crops_keep_masks_boxes_and_image_aligned(tmp_path):
+    """train_scale_range / train_crop_size: training batches are crops of the crop size
+    of an image resized by a random scale, masks and boxes cut with the image; the
+    evaluation batches stay whole at image_size."""
+    ds = _make_ds(str(tmp_path), n=4, h=128, w=128)
+    cfg = Config(class_names=("a", "b"), image_size=128, max_gt_instances=4, batch_size=2,
+                 seed=5, augment=False, train_crop_size=64, train_scale_range=(0.5, 1.5))
+    bright_fractions, counts = [], []
+    for b in make_dataset(ds, cfg, training=True).take(12):
+        _check_batch_contract(b, 64, 4)  # boxes are the masks' boxes, padding is empty
+        imgs, masks = b["image"].numpy(), b["gt_masks"].numpy()
+        for i, n in enumerate(b["num_instances"].numpy()):
+            union = masks[i, :n].any(axis=0)
+            bright = imgs[i].mean(axis=-1) > 127
+            if union.any() or bright.any():
+                assert (union & bright).sum() / (union | bright).sum() > 0.8
+            counts.append(n)
+            bright_fractions.append(bright.mean())
+    # the scale moves: the same shapes fill different shares of the window
+    assert max(bright_fractions) - min(bright_fractions) > 0.1
+    assert min(counts) < 3  # some crops cut instances away entirely; they are dropped
+    # the same seed gives the same crops; evaluation batches are whole images
+    first = next(iter(make_dataset(ds, cfg, training=True)))["image"].numpy()
+    again = next(iter(make_dataset(ds, cfg, training=True)))["image"].numpy()
+    np.testing.assert_array_equal(first, again)
+    _check_batch_contract(next(iter(make_dataset(ds, cfg, training=False))), 128, 4)
+
+
+def test_crop_and_scale_settings_are_checked():
+    with pytest.raises(ValueError, match="train_crop_size"):
+        Config(image_size=128, train_crop_size=192)
+    with pytest.raises(ValueError, match="train_crop_size"):
+        Config(image_size=128, train_crop_size=100)
+    with pytest.raises(ValueError, match="train_scale_range"):
+        Config(train_scale_range=(1.2, 0.8))

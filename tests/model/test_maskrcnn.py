@@ -168,3 +168,24 @@ def test_resnet101_has_23_blocks_in_stage_4():
     model = MaskRCNN(Config(**{**TINY, "backbone": "resnet101"}))
     names = model.named_layers()
     assert "res4w_branch2c" in names and "res4x_branch2c" not in names
+
+
+def test_trains_on_crops_smaller_than_its_input_size():
+    """train_crop_size: a model built for 128-px inputs computes the losses of a 64-px
+    training crop with the crop's own anchors and clipping, exactly as a model built for
+    64-px inputs with the same weights does, and still detects at 128 px."""
+    keras.utils.set_random_seed(0)
+    big = MaskRCNN(Config(**{**TINY, "train_crop_size": 64}))
+    small = MaskRCNN(Config(**{**TINY, "image_size": 64}))
+    small.set_weights(big.get_weights())
+    crop = make_shapes_batch(2, size=64)
+    seed = tf.constant([3, 4], tf.int64)
+    got = big.compute_losses(crop, training=False, seed=seed)
+    want = small.compute_losses(crop, training=False, seed=seed)
+    for name in LOSS_NAMES:
+        assert np.isfinite(got[name].numpy()), name
+        np.testing.assert_allclose(got[name].numpy(), want[name].numpy(), rtol=1e-5, err_msg=name)
+    assert big.anchors_for_size(64).shape == small.anchors.shape
+    assert big.anchors_for_size(128) is big.anchors
+    det = big.detect([make_shapes_batch(1)["image"][0].astype(np.uint8)], min_confidence=0.0)
+    assert det[0]["masks"].shape[1:] == (128, 128)
