@@ -60,7 +60,8 @@ def empty_result() -> dict:
     kind = {"AP": NAN, "AP50": NAN, "AP75": NAN, "AP_small": NAN, "per_class_AP": {},
             "per_class_AP50": {}}
     return {"segm": dict(kind), "bbox": dict(kind), "defect_segm_AP50": NAN,
-            "dets_per_img": NAN, "steps": NAN, "train_s": NAN, "s_per_step": NAN}
+            "dets_per_img": NAN, "steps": NAN, "train_s": NAN, "s_per_step": NAN,
+            "part_catch_rate": NAN, "part_false_reject_rate": NAN}
 
 
 # ---- ours ----------------------------------------------------------------------------------
@@ -85,6 +86,9 @@ def from_evaluation(evaluation: Mapping[str, Any]) -> dict:
     dets = number(evaluation.get("num_detections"))
     result["dets_per_img"] = dets / images if finite(images) and images > 0 else NAN
     result["steps"] = number(evaluation.get("global_step"))
+    parts = evaluation.get("parts") or {}  # the acceptance policy per part (casting.qc)
+    result["part_catch_rate"] = number(parts.get("catch_rate"))
+    result["part_false_reject_rate"] = number(parts.get("false_reject_rate"))
     return result
 
 
@@ -185,7 +189,8 @@ def figures(result: Mapping[str, Any], classes: Iterable[str] | None = None
         out[f"bbox_{key_name(c)}_AP50"] = bbox["per_class_AP50"].get(c, NAN)
     for c in classes:
         out[f"bbox_{key_name(c)}_AP"] = bbox["per_class_AP"].get(c, NAN)
-    for key in ("dets_per_img", "steps", "s_per_step", "train_s", "wall_s"):
+    for key in ("dets_per_img", "part_catch_rate", "part_false_reject_rate", "steps",
+                "s_per_step", "train_s", "wall_s"):
         out[key] = number(result.get(key))
     if finite(out["steps"]):
         out["steps"] = int(out["steps"])
@@ -208,7 +213,9 @@ def fmt(value: Any) -> str:
 
 _LABELS = {"segm_APs": "segm AP_small", "bbox_APs": "bbox AP_small",
            "dets_per_img": "detections / image", "s_per_step": "training s / step",
-           "train_s": "training s", "wall_s": "wall s (whole run)", "steps": "steps"}
+           "train_s": "training s", "wall_s": "wall s (whole run)", "steps": "steps",
+           "part_catch_rate": "defective parts caught", "part_false_reject_rate":
+           "good parts rejected"}
 
 
 def label_of(key: str) -> str:
@@ -256,8 +263,9 @@ def quality_line(settings: Mapping[str, Any], ours: Mapping[str, float],
             ("segm_", "bbox_", "defect_"))
         if per_class_segm:
             parts.append(f"{key}={fmt(value)}")
-    for key in ("bbox_AP", "bbox_AP50", "bbox_APs", "dets_per_img"):
-        parts.append(f"{key}={fmt(ours[key])}")
+    for key in ("bbox_AP", "bbox_AP50", "bbox_APs", "dets_per_img", "part_catch_rate",
+                "part_false_reject_rate"):
+        parts.append(f"{key}={fmt(ours.get(key, NAN))}")
     if peer is not None:
         parts += [f"peer_{key}={fmt(peer.get(key, NAN))}" for key in PEER_LINE_KEYS]
     return "quality " + " ".join(parts)

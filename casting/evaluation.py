@@ -176,6 +176,9 @@ def flat_metrics(result: dict[str, Any], per_class: bool = False) -> dict[str, f
                 key = "".join(ch if ch.isalnum() else "_" for ch in cls)
                 if value is not None:
                     flat[f"{iou_type}_AP_{key}"] = value
+    for name in ("catch_rate", "false_reject_rate"):
+        if (result.get("parts") or {}).get(name) is not None:
+            flat[f"part_{name}"] = result["parts"][name]
     return flat
 
 
@@ -189,6 +192,7 @@ def load_image(path: str, orientation: int = 1) -> np.ndarray:
 def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str],
                    max_images: int = 0, should_stop: Callable[[], bool] | None = None,
                    keep_images: int = 0, min_confidence: float | None = EVAL_MIN_CONFIDENCE,
+                   policy: Any = None,
                    ) -> tuple[dict[str, Any], list[tuple[Any, np.ndarray, dict]]]:
     """Detect on each record's image and compute COCO metrics.
 
@@ -200,7 +204,9 @@ def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str
 
     Returns ``(metrics, kept)`` where ``kept`` holds ``(record, image, detections)`` for the
     first ``keep_images`` images (for overlays). ``should_stop`` is polled between images;
-    when it returns True evaluation stops with :class:`InterruptedError`.
+    when it returns True evaluation stops with :class:`InterruptedError`. With a
+    ``policy`` (casting.qc.Policy), ``metrics["parts"]`` holds the part-level figures
+    (casting.qc.parts): defective parts caught, good parts rejected, and their curve.
     """
     records = list(records)
     if max_images and max_images > 0:
@@ -219,4 +225,8 @@ def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str
             kept.append((rec, image, det))
     gt = records_to_coco(records, class_names)
     metrics = coco_evaluate(gt, detections_to_coco(detections), class_names)
+    if policy is not None:
+        from casting.qc import part_evaluation
+
+        metrics["parts"] = part_evaluation(records, detections, policy)
     return metrics, kept

@@ -17,164 +17,18 @@ documents every hyperparameter.
 from __future__ import annotations
 
 import argparse
-import ast
-import json
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from casting.errors import Explained
+from casting.hparam_values import (  # noqa: F401 - the converters, importable from here too
+    to_bool, to_float, to_int, to_str, to_optional_str, to_str_list, to_float_pair, to_dict,
+    to_policy, to_schedule,
+)
 
 
 class HyperparameterError(Explained, ValueError):
     """A hyperparameter name or value is not valid."""
-
-
-# ---------------------------------------------------------------------------------------
-# value coercion
-# ---------------------------------------------------------------------------------------
-def _unwrap(value: Any) -> Any:
-    """Strip JSON string encodings: ``'"\\"0.01\\""'`` -> ``'0.01'``."""
-    for _ in range(8):
-        if not isinstance(value, str):
-            return value
-        text = value.strip()
-        if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-            try:
-                decoded = json.loads(text) if text[0] == '"' else ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                return text
-            if decoded == value:
-                return decoded
-            value = decoded
-            continue
-        return text
-    return value
-
-
-def _structured(value: Any) -> Any:
-    """JSON first, then a Python literal (``{'a': 1}``, ``[1, 2]``, ``True``)."""
-    value = _unwrap(value)
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        pass
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        pass
-    return value
-
-
-def to_bool(value: Any) -> bool:
-    value = _unwrap(value)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "y", "on"):
-        return True
-    if text in ("false", "0", "no", "n", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {value!r} (use True or False)")
-
-
-def to_float(value: Any) -> float:
-    value = _unwrap(value)
-    if isinstance(value, bool):
-        raise ValueError(f"not a number: {value!r}")
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"not a number: {value!r}") from None
-    if math.isnan(out) or math.isinf(out):
-        raise ValueError(f"not a finite number: {value!r}")
-    return out
-
-
-def to_int(value: Any) -> int:
-    value = _unwrap(value)
-    if isinstance(value, bool):
-        raise ValueError(f"not an integer: {value!r}")
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        pass
-    out = to_float(value)
-    if not out.is_integer():
-        raise ValueError(f"not an integer: {value!r}")
-    return int(out)
-
-
-def to_str(value: Any) -> str:
-    value = _unwrap(value)
-    return str(value)
-
-
-def to_optional_str(value: Any) -> str | None:
-    value = _unwrap(value)
-    if value is None or str(value).strip().lower() in ("", "none", "null"):
-        return None
-    return str(value)
-
-
-def to_str_list(value: Any) -> list[str] | None:
-    value = _structured(value)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        items = [item.strip() for item in value.split(",")]
-    elif isinstance(value, (list, tuple)):
-        items = [str(_unwrap(item)).strip() for item in value]
-    else:
-        raise ValueError(f"not a list of names: {value!r}")
-    items = [item for item in items if item]
-    if not items:
-        raise ValueError(f"empty list of names: {value!r}")
-    return items
-
-
-def to_float_pair(value: Any) -> list[float] | None:
-    """'[0.5, 1.0]', '0.5,1.0' or a list of two numbers -> [0.5, 1.0]; empty -> None."""
-    value = _structured(value)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        value = [item for item in value.split(",") if item.strip()]
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"not a pair of numbers [min, max]: {value!r}")
-    return [to_float(item) for item in value]
-
-
-def to_dict(value: Any) -> dict[str, Any]:
-    value = _structured(value)
-    if value is None or value == "":
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"not a JSON object / dict: {value!r}")
-    return {str(k): v for k, v in value.items()}
-
-
-def to_schedule(value: Any) -> list[dict[str, Any]]:
-    value = _structured(value)
-    if value is None or value == "" or value == []:
-        return []
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"not a list of stages: {value!r}")
-    stages = []
-    for stage in value:
-        stage = _structured(stage)
-        if not isinstance(stage, dict):
-            raise ValueError(f"a stage must be an object like {{\"epochs\": 2}}, not {stage!r}")
-        stages.append(dict(stage))
-    return stages
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,6 +69,8 @@ SPECS: tuple[Spec, ...] = (
     _s("synthetic_images", to_int, 24,
        "Number of images in the embedded synthetic dataset (used when no data is given).",
        "data"),
+    _s("synthetic_good_fraction", to_float, 0.0,
+       "Share of the synthetic parts drawn without defects (tagged good).", "data"),
     _s("on_data_error", to_str, "raise",
        "'raise': a broken dataset stops training with the check report; 'skip': leave out "
        "broken images with a warning.", "data"),
@@ -296,6 +152,10 @@ SPECS: tuple[Spec, ...] = (
     _s("eval_min_confidence", to_float, 0.05, "Score threshold of the detections COCO "
        "evaluation scores (COCO AP needs the low-score ones too; the overlays and the "
        "served model use detection_min_confidence).", "evaluation"),
+    _s("policy", to_policy, None, "Acceptance policy (casting.qc.policy): a JSON object or "
+       "the path of a JSON file. Saved as policy.json in the model folder; part-level "
+       "catch and false-reject rates are in evaluation.json. Default: any defect scoring "
+       ">= 0.5 rejects.", "evaluation"),
     _s("overlays", to_int, 4, "Number of prediction overlays (PNG) written to the output "
        "data folder.", "evaluation"),
     _s("saved_model", to_bool, True, "Also export a TF SavedModel into the model folder "
@@ -404,6 +264,8 @@ def parse_hyperparameters(argv: Sequence[str] | None = None) -> Hyperparameters:
     if values["on_data_error"] not in ("raise", "skip"):
         raise HyperparameterError(
             f"--on-data-error must be 'raise' or 'skip', not {values['on_data_error']!r}")
+    if not 0.0 <= values["synthetic_good_fraction"] <= 1.0:
+        raise HyperparameterError("--synthetic-good-fraction must be in [0, 1]")
     if not 0.0 <= values["val_fraction"] < 1.0:
         raise HyperparameterError("--val-fraction must be in [0, 1)")
     if not 0.0 <= values["eval_min_confidence"] < 1.0:

@@ -1,4 +1,5 @@
-"""Inference on a trained model folder: image decoding, filtering and JSON-ready detections.
+"""Inference on a trained model folder: detections, filtering, the verdict on each part
+(casting.qc) and JSON-ready output. A request's images and parameters: casting.inputs.
 
 ``Predictor(model_dir)`` loads the folder ``train.py`` writes (``config.json`` +
 ``model.weights.h5``) once, warms the model up, and then answers ``predict`` calls from any
@@ -14,23 +15,27 @@ y = row, far edges exclusive)::
      "mask": {"size": [H, W], "counts": "..."}}   # COCO RLE (mask_format="rle")
 
 ``mask_format="polygon"`` gives ``"mask": [[x1, y1, x2, y2, ...], ...]`` (COCO polygons) and
-``mask_format="none"`` leaves ``mask`` out.
+``mask_format="none"`` leaves ``mask`` out. ``judge`` adds each image's `casting.qc.Verdict`
+by the predictor's policy (the argument, $CASTING_POLICY, the folder's policy.json, or the
+default).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from casting import masks as mask_utils
-from casting.visualize import as_rgb_uint8
+from casting.inputs import (  # noqa: F401 - a request's images and parameters, checked
+    DEFAULT_MAX_PIXELS, MASK_FORMATS, MAX_PAYLOAD_BYTES, ImageDecodeError, ImageTooLargeError,
+    InferenceError, ParameterError, _max_pixels_default, decode_image, load_image,
+    parse_classes, parse_mask_format, parse_min_score,
+)
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -48,164 +53,6 @@ __all__ = [
     "resolve_model_dir",
     "Predictor",
 ]
-
-MAX_PAYLOAD_BYTES = 6_291_456  # SageMaker real-time payload limit (6 MiB)
-# Largest decoded image accepted (pixels). Full-resolution masks are [K, H, W] booleans, so
-# this bounds memory per request as well as decode time. Override: CASTING_MAX_IMAGE_PIXELS.
-DEFAULT_MAX_PIXELS = 4096 * 4096
-MASK_FORMATS = ("rle", "polygon", "none")
-_MASK_FORMAT_ALIASES = {"rle": "rle", "polygon": "polygon", "polygons": "polygon", "none": "none"}
-
-
-class InferenceError(ValueError):
-    """A request that cannot be answered because of its content (a client error)."""
-
-
-class ImageDecodeError(InferenceError):
-    """The bytes are not an image PIL can decode (empty, truncated, corrupt, not an image)."""
-
-
-class ImageTooLargeError(InferenceError):
-    """The image decodes to more pixels than allowed."""
-
-
-class ParameterError(InferenceError):
-    """A request parameter (min_score, classes, mask_format) is not valid."""
-
-
-# ---- images --------------------------------------------------------------------------------
-def _max_pixels_default() -> int:
-    value = os.environ.get("CASTING_MAX_IMAGE_PIXELS")
-    return int(value) if value else DEFAULT_MAX_PIXELS
-
-
-def _to_rgb_array(im: Image.Image) -> np.ndarray:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.stack([arr] * 3, axis=-1))
-    if im.mode != "RGB":
-        # L / LA / P / PA / RGBA / CMYK / YCbCr ... -> RGB (alpha dropped).
-        im = im.convert("RGB")
-    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
-
-
-def decode_image(data: bytes | bytearray | memoryview, max_pixels: int | None = None) -> np.ndarray:
-    """Encoded image bytes (JPEG, PNG, or anything else PIL reads) -> RGB uint8 HxWx3.
-
-    Grayscale becomes three equal channels, alpha is dropped, the EXIF orientation is
-    applied, and only the first frame of a multi-frame file is used. Raises
-    ``ImageDecodeError`` (with the reason) or ``ImageTooLargeError``.
-    """
-    max_pixels = _max_pixels_default() if max_pixels is None else int(max_pixels)
-    data = bytes(data)
-    if not data:
-        raise ImageDecodeError("empty image payload")
-    try:
-        im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageDecodeError(
-            f"cannot identify an image in {len(data)} bytes (expected JPEG or PNG)"
-        ) from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image too large: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's bytes
-        raise ImageDecodeError(f"cannot read image: {exc}") from None
-    width, height = im.size
-    if width < 1 or height < 1:
-        raise ImageDecodeError(f"image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-        )
-    try:
-        im.load()
-        im = ImageOps.exif_transpose(im) or im
-        return _to_rgb_array(im)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image too large: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - truncated / corrupt data
-        raise ImageDecodeError(f"cannot decode {im.format or 'image'} data: {exc}") from None
-
-
-def load_image(source: Any, max_pixels: int | None = None) -> np.ndarray:
-    """bytes, a file path, a PIL image or an array -> RGB uint8 HxWx3."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_image(source, max_pixels)
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as fh:
-            return decode_image(fh.read(), max_pixels)
-    if isinstance(source, Image.Image):
-        return _to_rgb_array(ImageOps.exif_transpose(source) or source)
-    try:
-        arr = as_rgb_uint8(source)
-    except ValueError as exc:
-        raise ImageDecodeError(str(exc)) from None
-    limit = _max_pixels_default() if max_pixels is None else int(max_pixels)
-    if arr.shape[0] * arr.shape[1] > limit:
-        raise ImageTooLargeError(
-            f"image is {arr.shape[1]}x{arr.shape[0]} pixels; the limit is {limit}"
-        )
-    return np.ascontiguousarray(arr)
-
-
-# ---- parameters ----------------------------------------------------------------------------
-def parse_min_score(value: Any) -> float | None:
-    """None / "" -> None (the model's default); otherwise a float in [0, 1]."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        raise ParameterError(f"min_score must be a number in [0, 1], not {value!r}")
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"min_score must be a number in [0, 1], not {value!r}") from None
-    if not 0.0 <= score <= 1.0:  # also rejects NaN
-        raise ParameterError(f"min_score must be in [0, 1], not {score}")
-    return score
-
-
-def parse_mask_format(value: Any) -> str:
-    if value is None or value == "":
-        return "rle"
-    if not isinstance(value, str) or value.strip().lower() not in _MASK_FORMAT_ALIASES:
-        raise ParameterError(f"mask_format must be one of {list(MASK_FORMATS)}, not {value!r}")
-    return _MASK_FORMAT_ALIASES[value.strip().lower()]
-
-
-def parse_classes(value: Any, class_names: Sequence[str]) -> frozenset[int] | None:
-    """Class filter -> set of 1-based class ids, or None for all classes.
-
-    Accepts names or 1-based ids, as a list or a comma-separated string.
-    """
-    if value is None or value == "" or value == []:
-        return None
-    if isinstance(value, str):
-        items: Iterable[Any] = [v.strip() for v in value.split(",") if v.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = value
-    else:
-        raise ParameterError(
-            f"classes must be a list of class names or ids (or a comma-separated string), "
-            f"not {value!r}"
-        )
-    ids = set()
-    for item in items:
-        if isinstance(item, bool):
-            raise ParameterError(f"bad class {item!r}")
-        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
-            cid = int(item)
-            if not 1 <= cid <= len(class_names):
-                raise ParameterError(
-                    f"class id {cid} out of range 1..{len(class_names)} ({list(class_names)})"
-                )
-            ids.add(cid)
-        elif isinstance(item, str) and item in class_names:
-            ids.add(class_names.index(item) + 1)
-        else:
-            raise ParameterError(f"unknown class {item!r}; classes are {list(class_names)}")
-    return frozenset(ids) if ids else None
 
 
 # ---- model folder --------------------------------------------------------------------------
@@ -252,6 +99,7 @@ class Predictor:
         model: Any = None,
         max_pixels: int | None = None,
         warmup: bool = True,
+        policy: Any = None,
     ) -> None:
         if (model_dir is None) == (model is None):
             raise ValueError("give exactly one of model_dir or model")
@@ -270,6 +118,7 @@ class Predictor:
         self.config = model.config
         self.class_names: tuple[str, ...] = tuple(self.config.class_names)
         self.max_pixels = _max_pixels_default() if max_pixels is None else int(max_pixels)
+        self.policy = self._default_policy(policy)
         self._lock = threading.Lock()
         if warmup:
             # Trace/compile the inference graph now, so the first request is not the slow one.
@@ -292,6 +141,11 @@ class Predictor:
             else parse_classes(classes, self.class_names)
         )
         arrays = [load_image(im, self.max_pixels) for im in images]
+        return [_filtered(raw, min_score, class_ids) for raw in self._run(arrays, min_score)]
+
+    def _run(self, arrays: list[np.ndarray], min_score: float | None) -> list[RawDetections]:
+        """The model's detections at ``min_score`` and above (None: its own threshold), all
+        classes, highest score first."""
         if not arrays:
             return []
         # The model keeps scores strictly above its threshold; min_score is inclusive ("at
@@ -304,29 +158,62 @@ class Predictor:
             outputs = self.model.detect(arrays, min_confidence=model_threshold)
         results = []
         for arr, out in zip(arrays, outputs):
-            boxes = np.asarray(out["boxes"], dtype=np.float32).reshape(-1, 4)
             ids = np.asarray(out["class_ids"], dtype=np.int32).reshape(-1)
-            scores = np.asarray(out["scores"], dtype=np.float32).reshape(-1)
             masks = np.asarray(out["masks"]).astype(bool, copy=False)
             if masks.size == 0:
                 masks = np.zeros((len(ids),) + arr.shape[:2], dtype=bool)
-            keep = np.ones(len(ids), dtype=bool)
-            if min_score is not None:
-                keep &= scores >= np.float32(min_score)
-            if class_ids is not None:
-                keep &= np.isin(ids, sorted(class_ids))
-            order = np.argsort(-scores[keep], kind="stable")
-            results.append(
-                RawDetections(
-                    boxes=boxes[keep][order],
-                    class_ids=ids[keep][order],
-                    scores=scores[keep][order],
-                    masks=masks[keep][order],
-                    height=int(arr.shape[0]),
-                    width=int(arr.shape[1]),
-                )
-            )
+            raw = RawDetections(
+                boxes=np.asarray(out["boxes"], dtype=np.float32).reshape(-1, 4),
+                class_ids=ids, scores=np.asarray(out["scores"], dtype=np.float32).reshape(-1),
+                masks=masks, height=int(arr.shape[0]), width=int(arr.shape[1]))
+            results.append(_filtered(raw, min_score, None))
         return results
+
+    # -- the verdict -------------------------------------------------------------------------
+    def _default_policy(self, policy: Any) -> Any:
+        """The argument, else $CASTING_POLICY (a file or inline JSON), else the model
+        folder's policy.json, else the default policy (casting.qc.policy)."""
+        from casting.qc import POLICY_FILE, load_policy
+
+        if policy is None:
+            policy = os.environ.get("CASTING_POLICY") or None
+        if policy is None and self.model_dir is not None:
+            path = os.path.join(self.model_dir, POLICY_FILE)
+            policy = path if os.path.isfile(path) else None
+        return load_policy(policy, self.class_names)
+
+    def policy_for(self, policy: Any = None) -> Any:
+        """A request's policy: ``None`` -> this predictor's; otherwise a policy (JSON text,
+        dict, file) checked against this model's classes (PolicyError when it is not valid)."""
+        from casting.qc import load_policy
+
+        return self.policy if policy is None else load_policy(policy, self.class_names)
+
+    def judge(
+        self,
+        images: Sequence[Any],
+        min_score: float | None = None,
+        classes: Any = None,
+        policy: Any = None,
+    ) -> list[tuple[RawDetections, Any]]:
+        """Images -> (filtered raw detections, `casting.qc.Verdict`) per image.
+
+        The verdict looks at every class down to the policy's lowest score, whatever
+        ``min_score`` and ``classes`` keep for display."""
+        min_score = parse_min_score(min_score)
+        class_ids = (classes if isinstance(classes, frozenset)
+                     else parse_classes(classes, self.class_names))
+        policy = self.policy_for(policy)
+        from casting.qc import judge
+
+        shown = (float(self.config.detection_min_confidence) if min_score is None
+                 else min_score)
+        arrays = [load_image(im, self.max_pixels) for im in images]
+        out = []
+        for raw in self._run(arrays, min(shown, policy.lowest_score)):
+            verdict = judge(policy, raw.class_ids, raw.scores, raw.masks)
+            out.append((_filtered(raw, shown, class_ids), verdict))
+        return out
 
     # -- JSON --------------------------------------------------------------------------------
     def format(self, raw: RawDetections, mask_format: str = "rle") -> list[dict[str, Any]]:
@@ -379,12 +266,14 @@ class Predictor:
         return [self.format(r, mask_format) for r in self.detect(images, min_score, classes)]
 
     def overlay(
-        self, image: np.ndarray, raw: RawDetections, show_labels: bool = True
+        self, image: np.ndarray, raw: RawDetections, show_labels: bool = True,
+        verdict: Any = None,
     ) -> np.ndarray:
-        """The image with ``raw``'s masks, boxes and labels drawn on it (uint8 HxWx3)."""
-        from casting.visualize import draw_detections
+        """The image with ``raw``'s masks, boxes and labels drawn on it (uint8 HxWx3), and
+        the verdict's banner on top when one is given."""
+        from casting.visualize import draw_detections, draw_verdict
 
-        return draw_detections(
+        drawn = draw_detections(
             load_image(image, self.max_pixels),
             boxes=raw.boxes,
             class_ids=raw.class_ids,
@@ -394,3 +283,19 @@ class Predictor:
             box_format="yxyx",
             show_labels=show_labels,
         )
+        return drawn if verdict is None else draw_verdict(drawn, verdict)
+
+
+def _filtered(raw: RawDetections, min_score: float | None,
+              class_ids: frozenset[int] | None) -> RawDetections:
+    """The detections scoring at least ``min_score`` of the classes ``class_ids`` (None: no
+    limit), highest score first."""
+    keep = np.ones(len(raw.class_ids), dtype=bool)
+    if min_score is not None:
+        keep &= raw.scores >= np.float32(min_score)
+    if class_ids is not None:
+        keep &= np.isin(raw.class_ids, sorted(class_ids))
+    order = np.argsort(-raw.scores[keep], kind="stable")
+    return RawDetections(boxes=raw.boxes[keep][order], class_ids=raw.class_ids[keep][order],
+                         scores=raw.scores[keep][order], masks=raw.masks[keep][order],
+                         height=raw.height, width=raw.width)

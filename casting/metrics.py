@@ -35,6 +35,8 @@ EVAL_PREFIX = "[eval]"
 # COCO summary numbers, for boxes and masks.
 EVAL_STATS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
 EVAL_METRICS = tuple(f"{kind}_{stat}" for kind in ("bbox", "segm") for stat in EVAL_STATS)
+# Part-level figures of the acceptance policy (casting.qc.parts).
+EVAL_METRICS += ("part_catch_rate", "part_false_reject_rate")
 
 _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 

@@ -2,19 +2,23 @@
 
     python -m casting.predict --model MODEL_DIR --input IMAGES_OR_FILE --output OUT_DIR \
         [--min-score 0.5] [--classes holes,chipping] [--coco-gt annotations.json] \
-        [--no-overlays] [--batch-size 4]
+        [--no-overlays] [--batch-size 4] [--policy policy.json]
 
 Writes, in OUT_DIR:
   results.json    COCO detection results: [{"image_id", "category_id", "bbox" (x, y, w, h),
                   "score", "segmentation" (RLE, counts as str)}, ...]
   images.json     {"images": [{"id", "file_name", "width", "height"}],
                    "categories": [{"id", "name"}]}: what the ids in results.json mean
-  overlays/       one PNG per image: masks, boxes and "class score" labels over the image
+  report.csv      one row per image: file_name, verdict (accept / reject by the policy),
+                  <class>_count for each defect class, largest_area_px, largest_class, reasons
+  overlays/       one PNG per image: masks, boxes and "class score" labels over the image,
+                  and the verdict on a banner across the top
   errors.json     only when some files could not be read: [{"file_name", "error"}]
 
 Image ids are 1..N in sorted file order, or the ids of a COCO ground-truth file given with
 --coco-gt (matched on file name), so results.json can be scored against it directly.
-Category ids are the model's 1-based class ids.
+Category ids are the model's 1-based class ids. The policy (casting.qc.policy) is
+--policy, else $CASTING_POLICY, else the model folder's policy.json, else the default one.
 """
 
 from __future__ import annotations
@@ -81,74 +85,99 @@ def run(
     batch_size: int = 1,
     progress: bool = True,
     predictor: Any = None,
+    policy: Any = None,
 ) -> dict[str, Any]:
     """Predict every image under ``input_path``; returns a summary dict."""
     from tqdm import tqdm
 
-    from casting.inference import InferenceError, Predictor, load_image, parse_classes, parse_min_score
-    from casting.visualize import save_png
+    from casting.inference import Predictor, parse_classes, parse_min_score
+    from casting.qc.report import write_report_csv
 
     files = find_images(input_path)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_path!r}")
     min_score = parse_min_score(min_score)
     predictor = predictor or Predictor(model_dir, warmup=False)
+    policy = predictor.policy_for(policy)
     class_ids = parse_classes(classes, predictor.class_names)
     base = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
     names = [os.path.relpath(f, base) for f in files]
-    gt_ids = _coco_ids(coco_gt) if coco_gt else None
-
-    os.makedirs(output_dir, exist_ok=True)
-    overlay_dir = os.path.join(output_dir, "overlays")
-    if overlays:
-        os.makedirs(overlay_dir, exist_ok=True)
-
-    results: list[dict[str, Any]] = []
-    images: list[dict[str, Any]] = []
-    errors: list[dict[str, str]] = []
+    out = _Outputs(predictor, output_dir, overlays,
+                   _coco_ids(coco_gt) if coco_gt else None)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, file=sys.stderr)
-    next_id = 1
     for start in range(0, len(files), max(1, batch_size)):
         chunk = list(zip(files[start:start + batch_size], names[start:start + batch_size]))
-        arrays, kept = [], []
-        for path, name in chunk:
-            try:
-                arrays.append(load_image(path, predictor.max_pixels))
-                kept.append(name)
-            except (InferenceError, OSError) as exc:
-                errors.append({"file_name": name, "error": str(exc)})
-        raws = predictor.detect(arrays, min_score=min_score, classes=class_ids) if arrays else []
-        for name, arr, raw in zip(kept, arrays, raws):
-            if gt_ids is not None:
-                image_id = gt_ids.get(name, gt_ids.get(os.path.basename(name)))
-                if image_id is None:
-                    errors.append({"file_name": name, "error": "not in the --coco-gt images"})
-                    continue
-            else:
-                image_id = next_id
-                next_id += 1
-            images.append({"id": image_id, "file_name": name, "width": raw.width,
-                           "height": raw.height})
-            results.extend(_coco_results(predictor, raw, image_id))
-            if overlays:
-                stem = os.path.splitext(name)[0].replace(os.sep, "__")
-                save_png(predictor.overlay(arr, raw), os.path.join(overlay_dir, stem + ".png"))
+        arrays, kept = out.read(chunk)
+        judged = (predictor.judge(arrays, min_score=min_score, classes=class_ids, policy=policy)
+                  if arrays else [])
+        for name, arr, (raw, verdict) in zip(kept, arrays, judged):
+            out.add(name, arr, raw, verdict)
         bar.update(len(chunk))
-        bar.set_postfix(detections=len(results), errors=len(errors))
+        bar.set_postfix(detections=len(out.results), errors=len(out.errors))
     bar.close()
 
-    _write_json(os.path.join(output_dir, "results.json"), results)
+    _write_json(os.path.join(output_dir, "results.json"), out.results)
     _write_json(
         os.path.join(output_dir, "images.json"),
         {
-            "images": images,
+            "images": out.images,
             "categories": [{"id": i + 1, "name": n} for i, n in enumerate(predictor.class_names)],
         },
     )
-    if errors:
-        _write_json(os.path.join(output_dir, "errors.json"), errors)
-    return {"images": len(images), "detections": len(results), "errors": len(errors),
+    defect_classes = [n for n in predictor.class_names if n != policy.part_class]
+    write_report_csv(os.path.join(output_dir, "report.csv"), out.verdicts, defect_classes)
+    if out.errors:
+        _write_json(os.path.join(output_dir, "errors.json"), out.errors)
+    return {"images": len(out.images), "detections": len(out.results),
+            "errors": len(out.errors), "rejected": sum(v.rejected for _, v in out.verdicts),
             "output": output_dir}
+
+
+class _Outputs:
+    """What `run` collects image by image: COCO results, images, verdicts, errors, and the
+    overlay PNGs it writes as it goes."""
+
+    def __init__(self, predictor: Any, output_dir: str, overlays: bool,
+                 gt_ids: dict[str, int] | None) -> None:
+        self.predictor, self.gt_ids = predictor, gt_ids
+        self.overlay_dir = os.path.join(output_dir, "overlays") if overlays else None
+        os.makedirs(self.overlay_dir or output_dir, exist_ok=True)
+        self.results: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []
+        self.verdicts: list[tuple[str, Any]] = []
+        self.errors: list[dict[str, str]] = []
+        self.next_id = 1
+
+    def read(self, chunk: list[tuple[str, str]]) -> tuple[list[Any], list[str]]:
+        from casting.inference import InferenceError, load_image
+
+        arrays, kept = [], []
+        for path, name in chunk:
+            try:
+                arrays.append(load_image(path, self.predictor.max_pixels))
+                kept.append(name)
+            except (InferenceError, OSError) as exc:
+                self.errors.append({"file_name": name, "error": str(exc)})
+        return arrays, kept
+
+    def add(self, name: str, arr: Any, raw: Any, verdict: Any) -> None:
+        from casting.visualize import save_png
+
+        if self.gt_ids is not None:
+            image_id = self.gt_ids.get(name, self.gt_ids.get(os.path.basename(name)))
+            if image_id is None:
+                self.errors.append({"file_name": name, "error": "not in the --coco-gt images"})
+                return
+        else:
+            image_id, self.next_id = self.next_id, self.next_id + 1
+        self.images.append({"id": image_id, "file_name": name, "width": raw.width,
+                            "height": raw.height})
+        self.results.extend(_coco_results(self.predictor, raw, image_id))
+        self.verdicts.append((name, verdict))
+        if self.overlay_dir:
+            stem = os.path.splitext(name)[0].replace(os.sep, "__")
+            save_png(self.predictor.overlay(arr, raw, verdict=verdict),
+                     os.path.join(self.overlay_dir, stem + ".png"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,21 +197,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="COCO annotations whose image ids to use (matched on file name)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     parser.add_argument("--batch-size", type=int, default=1, help="images per model call")
+    parser.add_argument("--policy", default=None,
+                        help="acceptance policy: a JSON file or inline JSON (default: "
+                             "$CASTING_POLICY, else the model folder's policy.json, else "
+                             "any defect scoring >= 0.5 rejects)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from casting.inference import InferenceError
+    from casting.qc import PolicyError
 
     try:
         summary = run(
             args.model, args.input, args.output,
             min_score=args.min_score, classes=args.classes, coco_gt=args.coco_gt,
             overlays=not args.no_overlays, batch_size=args.batch_size,
-            progress=not args.quiet,
+            progress=not args.quiet, policy=args.policy,
         )
-    except (FileNotFoundError, InferenceError) as exc:
+    except (FileNotFoundError, InferenceError, PolicyError) as exc:
         print(f"predict: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 from casting.files import write_atomic
 from casting.masks import mask_to_yxyx
 
-__all__ = ["PALETTE", "class_color", "draw_detections", "to_png_bytes", "save_png"]
+__all__ = ["PALETTE", "class_color", "draw_detections", "draw_verdict", "to_png_bytes",
+           "save_png"]
 
 # Distinct, saturated colours (RGB); class id i uses PALETTE[(i - 1) % len(PALETTE)].
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -119,6 +120,29 @@ def draw_detections(
             )
             label = name if score_list is None else f"{name} {score_list[k]:.2f}"
             _draw_label(draw, label, (x1, y1), color, font, lw, (width, height))
+    return np.asarray(pil, dtype=np.uint8).copy()
+
+
+ACCEPT_COLOR, REJECT_COLOR = (30, 150, 60), (200, 30, 30)
+
+
+def draw_verdict(image: np.ndarray, verdict) -> np.ndarray:
+    """A banner across the top of ``image``: green ``ACCEPT`` or red ``REJECT: reasons``
+    (``verdict`` is a casting.qc.Verdict); returns a new uint8 HxWx3 array."""
+    out = as_rgb_uint8(image)
+    height, width = out.shape[:2]
+    pil = Image.fromarray(out)
+    draw = ImageDraw.Draw(pil)
+    font = _font(max(10, min(24, round(min(height, width) / 32))))
+    text = verdict.summary()
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    while len(text) > 8 and x1 - x0 + 8 > width:  # shorten a long list of reasons
+        text = text[: max(8, int(len(text) * (width - 8) / (x1 - x0 + 8)) - 1)].rstrip() + "~"
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    band = min(height, y1 - y0 + 8)
+    draw.rectangle([0, 0, width - 1, band - 1],
+                   fill=REJECT_COLOR if verdict.rejected else ACCEPT_COLOR)
+    draw.text((4 - x0, 4 - y0), text, fill=(255, 255, 255), font=font)
     return np.asarray(pil, dtype=np.uint8).copy()
 
 

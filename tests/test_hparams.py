@@ -44,6 +44,20 @@ def test_json_encoded_strings_bools_numbers_and_reprs():
     assert cfg.class_names == ("disk", "holes") and cfg.detection_min_confidence == 0.5
 
 
+def test_objects_in_the_toolkits_key_value_form():
+    """A JSON object hyperparameter reaches the script as the toolkit prints it:
+    ``k1=v1,k2=v2`` with each value as Python prints it (sagemaker_training.mapping)."""
+    hp = parse_hyperparameters([
+        "--config", "detection_min_confidence=0.5,train_bn=False",
+        "--policy", "classes={'holes': {'min_score': 0.6}, 'chipping': []},require_part=True",
+    ])
+    assert hp.config == {"detection_min_confidence": 0.5, "train_bn": False}
+    assert hp.policy == {"classes": {"holes": {"min_score": 0.6}, "chipping": []},
+                         "require_part": True}
+    assert parse_hyperparameters(["--policy", "/opt/ml/input/data/policy/p.json"]).policy == (
+        "/opt/ml/input/data/policy/p.json")
+
+
 def test_schedule_as_python_repr_and_comma_names():
     hp = parse_hyperparameters(["--schedule", "[{'epochs': 1, 'layers': 'all'}]",
                                 "--class_names", "a, b,c"])

@@ -236,3 +236,47 @@ def test_overlay_shape(predictor):
     out = predictor.overlay(img, raw)
     assert out.shape == img.shape and out.dtype == np.uint8
     assert len(raw.scores) == 0 or not np.array_equal(out, img)
+
+
+# ---- the verdict (casting.qc) on the real model's detections --------------------------------------
+def test_judge_counts_every_class_down_to_the_policy_score(predictor):
+    img = _image(6)
+    everything = predictor.predict(img, min_score=0.0)
+    assert everything
+    strict = {"default": {"min_score": 0.0, "max_count": 0}}
+    ((raw, verdict),) = predictor.judge([img], min_score=0.99, classes=["holes"], policy=strict)
+    # display: what min_score and classes keep; verdict: every detection of every class
+    assert all(s >= 0.99 for s in raw.scores) and set(raw.class_ids.tolist()) <= {1}
+    assert verdict.rejected
+    assert verdict.defects == {c: sum(d["class_name"] == c for d in everything)
+                               for c in CLASS_NAMES}
+    assert sorted(k for r in verdict.reasons for k in r["detections"]) == list(
+        range(len(everything)))
+    lenient = {"default": {"min_score": 1.0}}
+    ((_, ok),) = predictor.judge([img], policy=lenient)
+    assert ok.verdict == "accept" and ok.reasons == []
+
+
+def test_policy_from_the_model_folder_and_the_environment(tmp_path_factory, monkeypatch):
+    import shutil
+
+    from casting.inference import Predictor
+    from casting.qc import PolicyError
+
+    folder = tmp_path_factory.mktemp("with-policy") / "model"
+    shutil.copytree(build_test_model_dir(tmp_path_factory), folder)
+    (folder / "policy.json").write_text('{"classes": {"holes": []}}')
+    monkeypatch.delenv("CASTING_POLICY", raising=False)
+    p = Predictor(folder, warmup=False)
+    assert p.policy.source == str(folder / "policy.json")
+    assert [r.class_name for r in p.policy.rules] == ["chipping"]
+    monkeypatch.setenv("CASTING_POLICY", '{"default": {"min_score": 0.9}}')
+    p = Predictor(folder, warmup=False)
+    assert p.policy.source == "the policy given inline"
+    assert [r.min_score for r in p.policy.rules] == [0.9, 0.9]
+    assert p.policy_for({"default": {"min_score": 0.3}}).rules[0].min_score == 0.3
+    with pytest.raises(PolicyError, match="classes.disk: not a class"):
+        p.policy_for({"classes": {"disk": {}}})
+    monkeypatch.setenv("CASTING_POLICY", str(tmp_path_factory.getbasetemp() / "nope.json"))
+    with pytest.raises(PolicyError, match="nope.json: cannot read the policy file"):
+        Predictor(folder, warmup=False)

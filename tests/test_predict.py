@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -91,6 +92,22 @@ def test_folder_gives_coco_results_overlays_and_errors(folder_run, images):
     ev.accumulate()
     assert ev.eval["precision"].shape[0] == 10
 
+    # report.csv: one row per image, its verdict by the default policy (this model has no
+    # part class, so any detection scoring at least 0.5 rejects the image)
+    with open(out / "report.csv", newline="") as fh:
+        rows = {row["file_name"]: row for row in csv.DictReader(fh)}
+    assert set(rows) == set(names)
+    for name, im in names.items():
+        strong = [d for d in results if d["image_id"] == im["id"] and d["score"] >= 0.5]
+        row = rows[name]
+        assert row["verdict"] == ("reject" if strong else "accept"), (name, row)
+        for cid, cls in ((1, "holes"), (2, "chipping")):
+            assert int(row[f"{cls}_count"]) == sum(d["category_id"] == cid for d in strong)
+        assert bool(row["reasons"]) == bool(strong)
+        if strong:
+            assert int(row["largest_area_px"]) == max(d["area"] for d in strong)
+    assert summary["rejected"] == sum(r["verdict"] == "reject" for r in rows.values())
+
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
     assert overlays == ["a.png", "b.png", "sub__c.png"]
     a = np.asarray(Image.open(out / "overlays" / "a.png"))
@@ -126,6 +143,19 @@ def test_single_file_with_coco_gt_ids_and_filters(model_dir, images, folder_run,
     assert not (out / "overlays").exists()
     assert not (out / "errors.json").exists()
     assert r.stderr.count("predict:") == 0
+    # a policy on the command line: every detection of the kept class now counts
+    out2 = tmp_path / "out2"
+    r = run_cli("--model", model_dir, "--input", images / "a.jpg", "--output", out2,
+                "--min-score", "0", "--classes", name, "--no-overlays", "--quiet",
+                "--policy", json.dumps({"default": {"min_score": 0.0, "max_count": 0}}))
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out2 / "report.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["verdict"] == "reject"
+    # the verdict looks at every class, not only the ones --classes keeps for display
+    counts = {c: sum(d["category_id"] == i for d in a_dets)
+              for i, c in ((1, "holes"), (2, "chipping"))}
+    assert {c: int(row[f"{c}_count"]) for c in counts} == counts
 
 
 def test_bad_input_exits_2(model_dir, tmp_path):
@@ -135,3 +165,18 @@ def test_bad_input_exits_2(model_dir, tmp_path):
     empty.mkdir()
     r = run_cli("--model", model_dir, "--input", empty, "--output", tmp_path / "o")
     assert r.returncode == 2 and "no images" in r.stderr
+    bad = tmp_path / "policy.json"
+    bad.write_text(json.dumps({"classes": {"rust": {}}}))
+    (empty / "x.png").write_bytes(_png_bytes())
+    r = run_cli("--model", model_dir, "--input", empty, "--output", tmp_path / "o",
+                "--policy", bad)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"{bad}: classes.rust: not a class of this model" in r.stderr
+
+
+def _png_bytes():
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(casting_image(40, 40, 3)).save(buf, format="PNG")
+    return buf.getvalue()

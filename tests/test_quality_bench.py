@@ -93,6 +93,13 @@ def test_our_evaluation_and_log_parse_into_the_same_shape():
                                    if k != "per_class_AP50"})
     assert nan(qr.from_evaluation(older)["defect_segm_AP50"])  # older files: no AP50s
     assert nan(qr.with_timing(qr.from_evaluation(EVALUATION), "no epochs", 40)["s_per_step"])
+    # the part-level figures of the acceptance policy, where evaluation.json has them
+    assert nan(ours["part_catch_rate"]) and nan(ours["part_false_reject_rate"])
+    judged = dict(EVALUATION, parts={"catch_rate": 0.75, "false_reject_rate": 0.25})
+    flat = qr.figures(qr.from_evaluation(judged), EVALUATION["class_names"])
+    assert (flat["part_catch_rate"], flat["part_false_reject_rate"]) == (0.75, 0.25)
+    assert "part_catch_rate=0.7500" in qr.quality_line({"label": "x"}, dict(
+        flat, s_per_step=1.0, train_s=1.0, wall_s=1.0))
 
 
 def test_figures_table_and_line_compare_like_with_like():

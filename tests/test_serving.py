@@ -303,6 +303,33 @@ def test_accept_png_returns_overlay(server, accept):
     assert count == 0 or not np.array_equal(overlay, original)
 
 
+def test_verdict_in_json_and_on_the_overlay(server):
+    body = post(server, JPEG, params={"min_score": "0"}).json()
+    dets = check_detections(body, 128, 96)
+    # the default policy; this model has no part class: any detection >= 0.5 rejects
+    strong = [d for d in dets if d["score"] >= 0.5]
+    assert body["verdict"] == ("reject" if strong else "accept")
+    assert body["defects"] == {c: sum(d["class_name"] == c for d in strong) for c in CLASS_NAMES}
+    assert bool(body["reasons"]) == bool(strong) and body["part_found"] is False
+    # a request's own policy, three ways: every detection counts, so it rejects
+    strict = {"default": {"min_score": 0.0, "max_count": 0}}
+    via_query = post(server, JPEG, params={"min_score": "0", "policy": json.dumps(strict)}).json()
+    via_header = post(server, JPEG, headers={
+        "X-Amzn-SageMaker-Custom-Attributes": "min_score=0;policy=" + json.dumps(strict)}).json()
+    via_json = post(server, content_type="application/json",
+                    json_body={"image": B64, "parameters": {"min_score": 0, "policy": strict}}).json()
+    for got in (via_query, via_header, via_json):
+        assert got["detections"] == dets
+        assert got["verdict"] == ("reject" if dets else "accept")
+        assert got["defects"] == {c: sum(d["class_name"] == c for d in dets) for c in CLASS_NAMES}
+    # the overlay carries it: a header, and a red or green banner along the top
+    png = post(server, JPEG, accept="image/png", params={"min_score": "0",
+                                                         "policy": json.dumps(strict)})
+    assert png.headers["X-Verdict"] == via_query["verdict"]
+    top = np.asarray(Image.open(io.BytesIO(png.content)))[1, -2].tolist()
+    assert top == ([200, 30, 30] if dets else [30, 150, 60])
+
+
 @pytest.mark.parametrize("accept", [None, "*/*", "application/json", "application/*"])
 def test_accept_json_variants(server, accept):
     r = post(server, JPEG, "image/jpeg", accept=accept)
@@ -369,6 +396,9 @@ def test_mask_formats(server):
     ({"classes": "nosuch"}, "unknown class"),
     ({"classes": "9"}, "out of range"),
     ({"mask_format": "bitmap"}, "mask_format"),
+    ({"policy": "/etc/passwd"}, "policy must be a JSON object"),
+    ({"policy": '{"classes": {"rust": {}}}'}, "classes.rust: not a class of this model"),
+    ({"policy": '{"default": {"min_score": 2}}'}, "default.min_score must be"),
 ])
 def test_bad_parameters_are_400(server, params, needle):
     r = post(server, JPEG, params=params)
@@ -518,6 +548,19 @@ def test_broken_model_stops_the_server(tmp_path, model_dir):
         code = srv.proc.wait(150)
         assert code != 0
         assert "model failed to load" in srv.tail(20000)
+    finally:
+        srv.stop()
+
+
+def test_a_bad_endpoint_policy_stops_the_server(tmp_path, model_dir):
+    srv = Server(["--model-dir", model_dir, "--host", "127.0.0.1"],
+                 env_extra={"CASTING_POLICY": '{"classes": {"rust": {}}}'},
+                 log_path=tmp_path / "log")
+    try:
+        code = srv.proc.wait(150)
+        assert code != 0
+        log = srv.tail(20000)
+        assert "model failed to load" in log and "classes.rust: not a class of this model" in log
     finally:
         srv.stop()
 

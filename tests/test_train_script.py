@@ -42,6 +42,7 @@ def test_toolkit_entry_point_trains_with_json_encoded_hyperparameters(tmp_path):
         "checkpoint_every_steps": "0",
         "overlays": "2",
         "config": str(SMALL),
+        "policy": json.dumps({"classes": {"holes": {"min_score": 0.6}}}),
     }
     (config_dir / "hyperparameters.json").write_text(json.dumps(hps))
     (config_dir / "resourceconfig.json").write_text(
@@ -72,6 +73,13 @@ def test_toolkit_entry_point_trains_with_json_encoded_hyperparameters(tmp_path):
             assert key in evaluation[kind]
         assert set(evaluation[kind]["per_class"]) == set(saved["class_names"])
     assert evaluation["epochs"] == 2 and evaluation["global_step"] == 4
+    # the acceptance policy travels with the model; part-level figures are evaluated with it
+    assert json.loads((model_dir / "policy.json").read_text()) == {
+        "classes": {"holes": {"min_score": 0.6}}}
+    parts = evaluation["parts"]
+    assert parts["num_parts"] == evaluation["num_images"]
+    assert parts["num_defective"] + parts["num_good"] == parts["num_parts"]
+    assert len(parts["curve"]) == 19 and "catch_rate" in parts
     with open(out / "history.csv") as fh:
         history = list(csv.DictReader(fh))
     assert [row["epoch"] for row in history] == ["1", "2"]

@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--format", choices=("supervisely", "coco", "both"), default="supervisely")
     p.add_argument("--size", type=int, default=512)
+    p.add_argument("--good-fraction", type=float, default=0.0,
+                   help="share of parts drawn without defects (tagged good)")
     p = sub.add_parser("convert", help="convert a dataset to COCO")
     p.add_argument("src")
     p.add_argument("dst")
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
 
             t0 = time.perf_counter()
             paths = write_synthetic(args.out, args.count, args.seed, args.format, args.size,
-                                    progress=True)
+                                    progress=True, good_fraction=args.good_fraction)
             print(f"wrote {args.count} images to {', '.join(paths)} "
                   f"in {time.perf_counter() - t0:.1f} s")
         elif args.command == "convert":

@@ -43,7 +43,8 @@ class Record:
 
     `source_id` is the id the image had in its source file (COCO), if any. `orientation`
     (EXIF 1-8, casting.images) turns the file's pixels into the image the annotation is
-    on; 1: as stored.
+    on; 1: as stored. `tags` are the image's own tags (Supervisely image tags such as
+    ``good`` / ``bad``), which part-level evaluation reads (casting.qc.parts).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class Record:
         loader: Callable[[], list[Instance]] | None = None,
         source_id: int | str | None = None,
         orientation: int = 1,
+        tags: Sequence[str] = (),
     ) -> None:
         if instances is None and loader is None:
             instances = []
@@ -67,6 +69,7 @@ class Record:
         self.loader = loader
         self.source_id = source_id
         self.orientation = int(orientation)
+        self.tags = tuple(str(t) for t in tags)
 
     def __repr__(self) -> str:
         return (f"Record(image_id={self.image_id!r}, image_path={self.image_path!r}, "
@@ -83,7 +86,7 @@ class Record:
         """A copy whose instances are held in memory."""
         return Record(self.image_id, self.image_path, self.height, self.width,
                       instances=self.instances, source_id=self.source_id,
-                      orientation=self.orientation)
+                      orientation=self.orientation, tags=self.tags)
 
 
 @dataclass

@@ -271,8 +271,19 @@ def read_supervisely(root: str, class_map: Mapping[str, str | None] | None = Non
             image_id, image_path, size.get("height"), size.get("width"), report, check_images,
             mapper.class_names,
             parse=lambda h, w: _parse_objects(ann, ann_path, image_id, h, w, mapper, report),
-            loader_for=lambda h, w: _make_loader(ann_path, image_id, h, w, mapper)))
+            loader_for=lambda h, w: _make_loader(ann_path, image_id, h, w, mapper),
+            tags=_image_tags(ann)))
     return DatasetRecords(mapper.class_names, records), report
+
+
+def _image_tags(ann: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names of an annotation's image-level tags (``good``, ``bad``, ...)."""
+    names = []
+    for tag in ann.get("tags") or []:
+        name = tag.get("name") if isinstance(tag, dict) else tag
+        if isinstance(name, str) and name:
+            names.append(name)
+    return tuple(names)
 
 
 def _make_loader(ann_path, image_id, height, width, mapper):
@@ -335,5 +346,5 @@ def annotation_json(rec: Record, class_names: Sequence[str]) -> dict:
             "bitmap": {"data": data, "origin": origin},
             "tags": [{"name": "iscrowd", "value": None}] if inst.iscrowd else [],
         })
-    return {"description": "", "tags": [],
+    return {"description": "", "tags": [{"name": t, "value": None} for t in rec.tags],
             "size": {"height": rec.height, "width": rec.width}, "objects": objects}

@@ -81,12 +81,13 @@ def defect_scale(size: int) -> float:
     return max(size / 512.0, min(1.0, size / 256.0), 0.4)
 
 
-def render_casting(rng: np.random.Generator, size: int = 512):
+def render_casting(rng: np.random.Generator, size: int = 512, defects: bool = True):
     """-> (grey image uint8 [size, size], list of (class name, bool mask [size, size])).
 
     Drawn at 2x in this order (each step takes its random numbers from `rng` in turn, so an
     image depends only on the generator's state): the part's geometry, the background, the
-    part's surface, chips, burrs, holes, then the camera's blur and noise at 1x."""
+    part's surface, chips, burrs, holes (none of the three when not `defects`: a good
+    part), then the camera's blur and noise at 1x."""
     n = 2 * size
     px = 2.0 * defect_scale(size)  # one "512-image pixel" in 2x pixels
     part = _Part(rng, n)
@@ -99,9 +100,10 @@ def render_casting(rng: np.random.Generator, size: int = 512):
     disk = r <= 1.0
     img = np.where(disk, part_img, bg).astype(np.float32)
     canvas = _Canvas(n)
-    _draw_chips(rng, canvas, part, img, bg, disk, px)
-    _draw_burrs(rng, canvas, part, img, disk, px)
-    _draw_holes(rng, canvas, part, img, px)
+    if defects:
+        _draw_chips(rng, canvas, part, img, bg, disk, px)
+        _draw_burrs(rng, canvas, part, img, disk, px)
+        _draw_holes(rng, canvas, part, img, px)
     return _to_photo(rng, size, img, disk, canvas.instances)
 
 
@@ -290,10 +292,14 @@ def _decode_loader(rles):
 
 
 def generate_records(count: int, seed: int, size: int = 512, out_dir: str | None = None,
-                     progress: bool = False) -> DatasetRecords:
+                     progress: bool = False, good_fraction: float = 0.0) -> DatasetRecords:
     """Render `count` castings; JPEGs go to out_dir (a new temporary folder when None).
 
-    Masks are kept as RLE in memory and decoded when `record.instances` is read.
+    Masks are kept as RLE in memory and decoded when `record.instances` is read. About
+    `good_fraction` of the parts are drawn without defects; each record is tagged ``good``
+    or ``bad`` (a part whose defects all fell below the minimum area is ``good``). Which
+    parts are good is drawn from its own random stream, so the defective ones are the same
+    images whatever the fraction.
     """
     from tqdm import tqdm
 
@@ -301,24 +307,29 @@ def generate_records(count: int, seed: int, size: int = 512, out_dir: str | None
         raise ValueError(f"count must be >= 0, not {count}")
     if size < 32:
         raise ValueError(f"size must be >= 32, not {size}")
+    if not 0.0 <= good_fraction <= 1.0:
+        raise ValueError(f"good_fraction must be in [0, 1], not {good_fraction}")
     if out_dir is None:
         out_dir = tempfile.mkdtemp(prefix=f"casting-synth-{seed}-")
     os.makedirs(out_dir, exist_ok=True)
     records = []
     for i in tqdm(range(count), desc="synth", unit="img", disable=not progress):
         rng = np.random.default_rng([seed, i])
-        grey, masks = render_casting(rng, size)
+        good = bool(np.random.default_rng([seed, i, 1]).random() < good_fraction)
+        grey, masks = render_casting(rng, size, defects=not good)
         name = f"synth_{seed}_{i:05d}.jpg"
         path = os.path.join(out_dir, name)
         Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(
             path, format="JPEG", quality=int(rng.integers(90, 96)))
         rles = [(_CLASS_ID[cname], mask_to_rle(m)) for cname, m in masks]
-        records.append(Record(name, path, size, size, loader=_decode_loader(rles)))
+        tag = "bad" if any(cname != "disk" for cname, _ in masks) else "good"
+        records.append(Record(name, path, size, size, loader=_decode_loader(rles), tags=(tag,)))
     return DatasetRecords(CLASS_NAMES, records)
 
 
 def write_synthetic(out: str, count: int, seed: int, fmt: str = "supervisely",
-                    size: int = 512, progress: bool = False) -> list[str]:
+                    size: int = 512, progress: bool = False,
+                    good_fraction: float = 0.0) -> list[str]:
     """Generate and write a Supervisely project and/or a COCO folder. Returns the paths."""
     from casting.data.coco import write_coco
     from casting.data.supervisely import write_supervisely
@@ -328,7 +339,8 @@ def write_synthetic(out: str, count: int, seed: int, fmt: str = "supervisely",
     os.makedirs(out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="casting-synth-", dir=out)
     try:
-        ds = generate_records(count, seed, size, out_dir=tmp, progress=progress)
+        ds = generate_records(count, seed, size, out_dir=tmp, progress=progress,
+                              good_fraction=good_fraction)
         written = []
         if fmt in ("supervisely", "both"):
             dst = os.path.join(out, "supervisely") if fmt == "both" else out

@@ -21,6 +21,7 @@ from casting.inference import (
     parse_mask_format,
     parse_min_score,
 )
+from casting.qc import PolicyError
 from casting.serving.holder import ModelHolder
 from casting.serving.parsing import (
     CUSTOM_ATTRIBUTES_HEADER, JSON_TYPES, PARAMETER_NAMES, RAW_IMAGE_TYPES, RESPONSE_TYPES,
@@ -96,16 +97,17 @@ def create_app(
             min_score = parse_min_score(params.get("min_score"))
             mask_format = parse_mask_format(params.get("mask_format"))
             classes = parse_classes(params.get("classes"), predictor.class_names)
-        except ParameterError as exc:
+            policy = predictor.policy_for(_request_policy(params.get("policy")))
+        except (ParameterError, PolicyError) as exc:
             raise ApiError(400, str(exc)) from None
         if response_type == "image/png" and len(encoded) != 1:
             raise ApiError(400, f"Accept: image/png answers with one overlay; got {len(encoded)} images")
         images = _decode_images(encoded, batched, predictor.max_pixels)
 
         started = time.monotonic()
-        raws = predictor.detect(images, min_score=min_score, classes=classes)
+        judged = predictor.judge(images, min_score=min_score, classes=classes, policy=policy)
         elapsed_ms = (time.monotonic() - started) * 1000.0
-        resp = _render(predictor, images, raws, response_type, mask_format, batched)
+        resp = _render(predictor, images, judged, response_type, mask_format, batched)
         resp.headers["X-Inference-Ms"] = f"{elapsed_ms:.1f}"
         return resp
 
@@ -166,16 +168,33 @@ def _decode_images(encoded: list[bytes], batched: bool, max_pixels: int) -> list
     return images
 
 
-def _render(predictor: Any, images: list[Any], raws: list[Any], response_type: str,
+def _request_policy(value: Any) -> Any:
+    """A request's ``policy`` parameter: a JSON object (in the body, or as JSON text in the
+    query string or custom attributes); never a path on the server."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        return value
+    raise PolicyError(f"policy must be a JSON object (see docs/serving.md), not {value!r}")
+
+
+def _render(predictor: Any, images: list[Any], judged: list[Any], response_type: str,
             mask_format: str, batched: bool) -> Response:
-    """The overlay PNG of the one image, or the detections as JSON."""
+    """The overlay PNG of the one image (with its verdict), or the detections and verdicts
+    as JSON."""
     if response_type == "image/png":
         from casting.visualize import to_png_bytes
 
-        resp = Response(to_png_bytes(predictor.overlay(images[0], raws[0])), mimetype="image/png")
-        resp.headers["X-Detections"] = str(len(raws[0].class_ids))
+        raw, verdict = judged[0]
+        resp = Response(to_png_bytes(predictor.overlay(images[0], raw, verdict=verdict)),
+                        mimetype="image/png")
+        resp.headers["X-Detections"] = str(len(raw.class_ids))
+        resp.headers["X-Verdict"] = verdict.verdict
         return resp
     results = [{"width": r.width, "height": r.height,
-                "detections": predictor.format(r, mask_format)} for r in raws]
+                "detections": predictor.format(r, mask_format), **v.to_dict()}
+               for r, v in judged]
     payload: dict[str, Any] = {"predictions": results} if batched else results[0]
     return Response(json.dumps(payload, separators=(",", ":")), mimetype="application/json")

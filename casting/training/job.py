@@ -44,6 +44,7 @@ class Job:
     model: Any = None
     optimizer: Any = None
     state: Any = None
+    policy: Any = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -126,6 +127,9 @@ def _data_and_config(job: Job, overrides: dict[str, Any]) -> None:
     train_records = job.train_records
     overrides["class_names"] = tuple(train_records.class_names)
     config = job.config = Config().replace(**overrides)
+    from casting.qc import load_policy
+
+    job.policy = load_policy(hp.policy, config.class_names)  # a bad policy stops us here
     lr_scale = replicas.num_replicas if config.scale_learning_rate else 1
     job.plan = Plan.from_config(config, lr_scale=lr_scale)
     print(f"Data: {job.source}: {len(train_records)} training / {len(job.val_records)} "
@@ -318,7 +322,8 @@ def _evaluate(job: Job, epoch: int, final: bool):
     metrics, kept = evaluate_model(
         job.model, job.val_records.records, job.config.class_names,
         max_images=hp.eval_max_images, should_stop=job.terminate.is_set,
-        keep_images=hp.overlays if final else 0, min_confidence=hp.eval_min_confidence)
+        keep_images=hp.overlays if final else 0, min_confidence=hp.eval_min_confidence,
+        policy=job.policy)
     print(format_eval_line({"epoch": epoch, **flat_metrics(metrics)}), flush=True)
     return metrics, kept
 
@@ -350,11 +355,20 @@ def _evaluate_and_export(job: Job) -> int:
     print(f"Wrote {output_dir}/evaluation.json, history.csv and {len(overlays)} overlays",
           flush=True)
     save_model_dir(job.model, job.model_dir, saved_model=job.hp.saved_model)
+    _write_policy(job)
     print(f"Saved the model to {job.model_dir}", flush=True)
     print(f"Done in {time.time() - job.started:.0f}s: segm AP {metrics['segm']['AP']}, "
           f"bbox AP {metrics['bbox']['AP']}", flush=True)
     print(per_class_line(metrics), flush=True)
     return 0
+
+
+def _write_policy(job: Job) -> None:
+    """The acceptance policy beside the model (casting.qc.POLICY_FILE), which serving uses."""
+    from casting.files import write_atomic
+    from casting.qc import POLICY_FILE
+
+    write_atomic(os.path.join(job.model_dir, POLICY_FILE), job.policy.to_json() + "\n")
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -389,7 +403,8 @@ def _load_data(hp, config_overrides, on_error):
         out_dir = tempfile.mkdtemp(prefix="casting-synthetic-")
         print(f"No training data given: generating {hp.synthetic_images} synthetic castings "
               f"({size}x{size}, seed {seed}) in {out_dir}", flush=True)
-        train = generate_records(hp.synthetic_images, seed=seed, size=size, out_dir=out_dir)
+        train = generate_records(hp.synthetic_images, seed=seed, size=size, out_dir=out_dir,
+                                 good_fraction=hp.synthetic_good_fraction)
         source = "synthetic"
     if hp.validation:
         print(f"Loading validation data from {hp.validation}", flush=True)

@@ -46,6 +46,28 @@ def test_deterministic_and_plausible(synth, tmp_path):
         assert grey[disk].std() > 30
 
 
+def test_good_parts_are_tagged_and_leave_the_others_unchanged(tmp_path):
+    from casting.data.supervisely import read_supervisely, write_supervisely
+
+    plain = generate_records(6, seed=5, size=64, out_dir=str(tmp_path / "plain"))
+    mixed = generate_records(6, seed=5, size=64, out_dir=str(tmp_path / "mixed"),
+                             good_fraction=0.5)
+    tags = [r.tags for r in mixed.records]
+    assert ("good",) in tags and ("bad",) in tags and set(tags) <= {("good",), ("bad",)}
+    for a, b in zip(plain.records, mixed.records):
+        if b.tags == ("good",):
+            assert [i.class_id for i in b.instances] == [1]  # the part only
+        else:
+            assert [i.class_id for i in b.instances] == [i.class_id for i in a.instances]
+            np.testing.assert_array_equal(np.asarray(Image.open(a.image_path)),
+                                          np.asarray(Image.open(b.image_path)))
+    # the tags survive a Supervisely round trip (image tags in each annotation)
+    back, _ = read_supervisely(write_supervisely(mixed, str(tmp_path / "sly")))
+    assert [r.tags for r in back.records] == tags
+    with pytest.raises(ValueError, match="good_fraction"):
+        generate_records(1, seed=5, size=64, good_fraction=1.5)
+
+
 def test_defects_visible_at_512():
     """At full size each defect's pixels differ from the ring of pixels around it."""
     from scipy import ndimage
