@@ -1,12 +1,11 @@
 """The training job that `train.py` runs, step by step: folders and strategy, data and
 config, the model (resumed from a checkpoint or initialised), the input streams, the
-training loop, then the final evaluation and the outputs. `run(hp, env, terminate)` is the
-whole job; each step is one function below, in that order.
+training loop, then the final evaluation and the outputs (casting.training.outputs).
+`run(hp, env, terminate)` is the whole job; each step is one function below, in that order.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -15,6 +14,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from casting.training.outputs import evaluate, evaluate_and_export, history_csv_path
 
 log = logging.getLogger("train")
 
@@ -68,7 +69,7 @@ def run(hp, env, terminate) -> int:
         print(f"Worker {job.replicas.worker_index} done after {job.state.global_step} steps; "
               "the chief evaluates and writes the model.", flush=True)
         return 0
-    return _evaluate_and_export(job)
+    return evaluate_and_export(job)
 
 
 # ---- 1. folders and strategy ---------------------------------------------------------------
@@ -285,14 +286,14 @@ def _train(job: Job):
     def on_epoch_end(st):
         every = hp.eval_every_epochs
         if every and st.epoch % every == 0 and st.epoch < plan.total_epochs:
-            _evaluate(job, st.epoch, final=False)
+            evaluate(job, st.epoch, final=False)
 
     chief = job.chief
     extra = [ScalarSummaries(job.tensorboard_dir)] if chief else []
     loop = TrainingLoop(
         job.model, plan, job.state, job.manager if chief else None, terminate=job.terminate,
         checkpoint_every_steps=config.checkpoint_every_steps,
-        history_csv=_history_csv(job) if chief else None,
+        history_csv=history_csv_path(job) if chief else None,
         validation_steps=validation_steps, extra_callbacks=extra,
         on_epoch_end=on_epoch_end if chief else None,
         verbose=1 if sys.stdout.isatty() else 2, log_every_steps=hp.log_every_steps,
@@ -309,68 +310,6 @@ def _train(job: Job):
     return loop
 
 
-def _history_csv(job: Job) -> str:
-    return os.path.join(job.output_dir, "history.csv")
-
-
-# ---- 5. evaluation and outputs -------------------------------------------------------------
-def _evaluate(job: Job, epoch: int, final: bool):
-    from casting.evaluation import evaluate_model, flat_metrics
-    from casting.metrics import format_eval_line
-
-    hp = job.hp
-    metrics, kept = evaluate_model(
-        job.model, job.val_records.records, job.config.class_names,
-        max_images=hp.eval_max_images, should_stop=job.terminate.is_set,
-        keep_images=hp.overlays if final else 0, min_confidence=hp.eval_min_confidence,
-        policy=job.policy)
-    print(format_eval_line({"epoch": epoch, **flat_metrics(metrics)}), flush=True)
-    return metrics, kept
-
-
-def _evaluate_and_export(job: Job) -> int:
-    """history.csv, the final COCO evaluation (evaluation.json), the overlays and the model
-    folder, in that order."""
-    from casting.metrics import per_class_line
-    from casting.model import save_model_dir
-    from casting.training import write_history_csv
-    from casting.visualize import write_overlays
-
-    state, config, output_dir = job.state, job.config, job.output_dir
-    write_history_csv(state.history, _history_csv(job))
-    try:
-        metrics, kept = _evaluate(job, state.epoch, final=True)
-    except InterruptedError:
-        print("Stopped by signal during the final evaluation; a restart redoes it.", flush=True)
-        return 0
-    metrics.update({
-        "epochs": state.epoch, "global_step": state.global_step,
-        "class_names": list(config.class_names), "data": job.source,
-        "train_images": len(job.train_records), "evaluated_images": metrics["num_images"],
-        "training_seconds": round(time.time() - job.started, 1),
-    })
-    _write_json(os.path.join(output_dir, "evaluation.json"), metrics)
-    overlays = write_overlays(kept, config.class_names, os.path.join(output_dir, "overlays"),
-                         config.detection_min_confidence)
-    print(f"Wrote {output_dir}/evaluation.json, history.csv and {len(overlays)} overlays",
-          flush=True)
-    save_model_dir(job.model, job.model_dir, saved_model=job.hp.saved_model)
-    _write_policy(job)
-    print(f"Saved the model to {job.model_dir}", flush=True)
-    print(f"Done in {time.time() - job.started:.0f}s: segm AP {metrics['segm']['AP']}, "
-          f"bbox AP {metrics['bbox']['AP']}", flush=True)
-    print(per_class_line(metrics), flush=True)
-    return 0
-
-
-def _write_policy(job: Job) -> None:
-    """The acceptance policy beside the model (casting.qc.POLICY_FILE), which serving uses."""
-    from casting.files import write_atomic
-    from casting.qc import POLICY_FILE
-
-    write_atomic(os.path.join(job.model_dir, POLICY_FILE), job.policy.to_json() + "\n")
-
-
 # ---- helpers --------------------------------------------------------------------------------
 def _path(value: str | None, fallback: str, what: str) -> str:
     if value and value.startswith("s3://"):
@@ -378,12 +317,6 @@ def _path(value: str | None, fallback: str, what: str) -> str:
                     what, value, fallback)
         return fallback
     return os.path.abspath(value) if value else fallback
-
-
-def _write_json(path: str, data) -> None:
-    from casting.files import write_atomic
-
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False))
 
 
 def _load_data(hp, config_overrides, on_error):
