@@ -135,13 +135,14 @@ class Predictor:
     ) -> list[RawDetections]:
         """Images (bytes / path / PIL / array) -> filtered raw detections, one per image."""
         min_score = parse_min_score(min_score)
-        class_ids = (
-            classes
-            if isinstance(classes, frozenset)
-            else parse_classes(classes, self.class_names)
-        )
+        class_ids = self._class_ids(classes)
         arrays = [load_image(im, self.max_pixels) for im in images]
         return [_filtered(raw, min_score, class_ids) for raw in self._run(arrays, min_score)]
+
+    def _class_ids(self, classes: Any) -> frozenset[int] | None:
+        """A class filter already parsed (a frozenset of ids), or parsed here."""
+        return classes if isinstance(classes, frozenset) else parse_classes(classes,
+                                                                            self.class_names)
 
     def _run(self, arrays: list[np.ndarray], min_score: float | None) -> list[RawDetections]:
         """The model's detections at ``min_score`` and above (None: its own threshold), all
@@ -201,8 +202,7 @@ class Predictor:
         The verdict looks at every class down to the policy's lowest score, whatever
         ``min_score`` and ``classes`` keep for display."""
         min_score = parse_min_score(min_score)
-        class_ids = (classes if isinstance(classes, frozenset)
-                     else parse_classes(classes, self.class_names))
+        class_ids = self._class_ids(classes)
         policy = self.policy_for(policy)
         from casting.qc import judge
 
