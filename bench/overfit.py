@@ -53,47 +53,22 @@ def object_sizes(ds):
     return {k: np.median(np.array(v), 0) for k, v in sizes.items()}
 
 
-def stage_diagnostics(model, ds, cfg):
-    """Per class: RPN recall@1000/@100 (IoU >= 0.5), p(true class | gt box), accuracy."""
-    import tensorflow as tf
-
-    from casting.data.pipeline import make_dataset
-    from casting.model import ops
-    from casting.model import rpn as rpn_lib
-    from casting.model.roi_heads import pool
-
-    batch = next(iter(make_dataset(ds, cfg, training=False, batch_size=len(ds.records))))
-    pyramid = model.pyramid(batch["image"])
-    logits, deltas = model.rpn(pyramid)
-    proposals = rpn_lib.generate_proposals(logits, deltas, tf.constant(model.anchors), cfg,
-                                           cfg.post_nms_rois_inference)
-    iou = ops.pairwise_iou(proposals, batch["gt_boxes"]).numpy()  # [B, R, N]
-    class_logits, _ = model.box_head(pool(pyramid, batch["gt_boxes"], cfg.pool_size))
-    probs = tf.nn.softmax(class_logits).numpy()
-    classes = batch["gt_class_ids"].numpy()
-    rows = {}
-    for b in range(classes.shape[0]):
-        for j in np.nonzero(classes[b])[0]:
-            c = classes[b, j]
-            rows.setdefault(cfg.class_names[c - 1], []).append((
-                iou[b, :, j].max() >= 0.5, iou[b, :100, j].max() >= 0.5, probs[b, j, c],
-                probs[b, j].argmax() == c))
-    return {k: np.array(v, float).mean(0) for k, v in rows.items()}
-
-
-def report(tag, model, ds, cfg, line):
+def report(tag, model, ds, line):
     from casting.evaluation import evaluate_model
 
-    metrics, _ = evaluate_model(model, ds.records, cfg.class_names, min_confidence=0.05)
+    metrics, _ = evaluate_model(model, ds.records, model.config.class_names, min_confidence=0.05)
     for kind in ("segm", "bbox"):
         per = metrics[kind]["per_class_AP50"]
         print(f"{tag} {kind} AP50 {metrics[kind]['AP50']} per class "
               + " ".join(f"{k}={v}" for k, v in per.items()))
         for k, v in per.items():
             line[f"{tag}_{kind}_{k}_AP50"] = v
-    for name, (r1000, r100, p_true, acc) in stage_diagnostics(model, ds, cfg).items():
-        print(f"{tag} {name}: rpn_recall@1000={r1000:.2f} @100={r100:.2f} "
-              f"p(true|gt box)={p_true:.2f} accuracy={acc:.2f}")
+    from stages import stage_table  # bench/stages.py
+
+    for name, row in stage_table(model, ds, batch_size=len(ds.records)).items():
+        print(f"{tag} {name}: rpn_recall@1000={row['rpn_recall_1000']:.2f} "
+              f"@100={row['rpn_recall_100']:.2f} p(true|gt box)={row['p_true']:.2f} "
+              f"accuracy={row['accuracy']:.2f}")
 
 
 def main(argv=None):
@@ -136,10 +111,10 @@ def main(argv=None):
           + " ".join(f"{k}={v[-1]:.3f}" for k, v in history.items()))
     line = {"steps": args.steps, "size": args.size, "images": args.images,
             "s_per_step": round(seconds / args.steps, 2), "config": args.config.replace(" ", "")}
-    report("train", model, train, cfg, line)
+    report("train", model, train, line)
     if args.test_images:
         report("test", model, generate_records(args.test_images, args.test_seed, args.size),
-               cfg, line)
+               line)
     print("overfit " + " ".join(f"{k}={v}" for k, v in line.items()), flush=True)
 
 

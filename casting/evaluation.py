@@ -192,7 +192,7 @@ def load_image(path: str, orientation: int = 1) -> np.ndarray:
 def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str],
                    max_images: int = 0, should_stop: Callable[[], bool] | None = None,
                    keep_images: int = 0, min_confidence: float | None = EVAL_MIN_CONFIDENCE,
-                   policy: Any = None,
+                   policy: Any = None, tile: Any = None,
                    ) -> tuple[dict[str, Any], list[tuple[Any, np.ndarray, dict]]]:
     """Detect on each record's image and compute COCO metrics.
 
@@ -207,7 +207,11 @@ def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str
     when it returns True evaluation stops with :class:`InterruptedError`. With a
     ``policy`` (casting.qc.Policy), ``metrics["parts"]`` holds the part-level figures
     (casting.qc.parts): defective parts caught, good parts rejected, and their curve.
+    ``tile`` (a casting.tiling option, e.g. "on"): detect by tiles at native scale.
     """
+    from casting import tiling
+
+    spec = tiling.parse_tile(tile)
     records = list(records)
     if max_images and max_images > 0:
         records = records[:max_images]
@@ -218,8 +222,7 @@ def evaluate_model(model: Any, records: Sequence[Any], class_names: Sequence[str
         if should_stop is not None and should_stop():
             raise InterruptedError("stop requested during evaluation")
         image = load_image(rec.image_path, getattr(rec, "orientation", 1))
-        det = (model.detect([image])[0] if min_confidence is None
-               else model.detect([image], min_confidence=min_confidence)[0])
+        (det,) = tiling.detect(model, [image], spec, min_confidence)
         detections.append(det)
         if i < keep_images:
             kept.append((rec, image, det))

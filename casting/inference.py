@@ -17,7 +17,8 @@ y = row, far edges exclusive)::
 ``mask_format="polygon"`` gives ``"mask": [[x1, y1, x2, y2, ...], ...]`` (COCO polygons) and
 ``mask_format="none"`` leaves ``mask`` out. ``judge`` adds each image's `casting.qc.Verdict`
 by the predictor's policy (the argument, $CASTING_POLICY, the folder's policy.json, or the
-default).
+default). ``tile`` (casting.tiling; default $CASTING_TILE, else off) runs large images by
+tiles at native scale, with the same output.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from casting import masks as mask_utils
+from casting import tiling
 from casting.inputs import (  # noqa: F401 - a request's images and parameters, checked
     DEFAULT_MAX_PIXELS, MASK_FORMATS, MAX_PAYLOAD_BYTES, ImageDecodeError, ImageTooLargeError,
     InferenceError, ParameterError, _max_pixels_default, decode_image, load_image,
@@ -100,6 +102,7 @@ class Predictor:
         max_pixels: int | None = None,
         warmup: bool = True,
         policy: Any = None,
+        tile: Any = None,
     ) -> None:
         if (model_dir is None) == (model is None):
             raise ValueError("give exactly one of model_dir or model")
@@ -119,6 +122,8 @@ class Predictor:
         self.class_names: tuple[str, ...] = tuple(self.config.class_names)
         self.max_pixels = _max_pixels_default() if max_pixels is None else int(max_pixels)
         self.policy = self._default_policy(policy)
+        # Inference by tiles (casting.tiling): the argument, else $CASTING_TILE; off if unset.
+        self.tile = tiling.tile_default() if tile is None else tiling.parse_tile(tile)
         self._lock = threading.Lock()
         if warmup:
             # Trace/compile the inference graph now, so the first request is not the slow one.
@@ -132,19 +137,28 @@ class Predictor:
         images: Sequence[Any],
         min_score: float | None = None,
         classes: Any = None,
+        tile: Any = None,
     ) -> list[RawDetections]:
-        """Images (bytes / path / PIL / array) -> filtered raw detections, one per image."""
+        """Images (bytes / path / PIL / array) -> filtered raw detections, one per image.
+        ``tile``: a casting.tiling option for this call (None: the predictor's)."""
         min_score = parse_min_score(min_score)
         class_ids = self._class_ids(classes)
+        spec = self.tile_for(tile)
         arrays = [load_image(im, self.max_pixels) for im in images]
-        return [_filtered(raw, min_score, class_ids) for raw in self._run(arrays, min_score)]
+        return [_filtered(raw, min_score, class_ids) for raw in self._run(arrays, min_score,
+                                                                          spec)]
+
+    def tile_for(self, tile: Any = None) -> Any:
+        """A call's tiling: None -> this predictor's; else parsed (ParameterError if bad)."""
+        return self.tile if tile is None else tiling.parse_tile(tile)
 
     def _class_ids(self, classes: Any) -> frozenset[int] | None:
         """A class filter already parsed (a frozenset of ids), or parsed here."""
         return classes if isinstance(classes, frozenset) else parse_classes(classes,
                                                                             self.class_names)
 
-    def _run(self, arrays: list[np.ndarray], min_score: float | None) -> list[RawDetections]:
+    def _run(self, arrays: list[np.ndarray], min_score: float | None,
+             tile: Any = None) -> list[RawDetections]:
         """The model's detections at ``min_score`` and above (None: its own threshold), all
         classes, highest score first."""
         if not arrays:
@@ -156,7 +170,7 @@ class Predictor:
             model_threshold = float(np.nextafter(np.float32(min_score), np.float32(-1.0)))
             model_threshold = max(model_threshold, 0.0)
         with self._lock:
-            outputs = self.model.detect(arrays, min_confidence=model_threshold)
+            outputs = tiling.detect(self.model, arrays, tile, model_threshold)
         results = []
         for arr, out in zip(arrays, outputs):
             ids = np.asarray(out["class_ids"], dtype=np.int32).reshape(-1)
@@ -196,6 +210,7 @@ class Predictor:
         min_score: float | None = None,
         classes: Any = None,
         policy: Any = None,
+        tile: Any = None,
     ) -> list[tuple[RawDetections, Any]]:
         """Images -> (filtered raw detections, `casting.qc.Verdict`) per image.
 
@@ -204,13 +219,14 @@ class Predictor:
         min_score = parse_min_score(min_score)
         class_ids = self._class_ids(classes)
         policy = self.policy_for(policy)
+        spec = self.tile_for(tile)
         from casting.qc import judge
 
         shown = (float(self.config.detection_min_confidence) if min_score is None
                  else min_score)
         arrays = [load_image(im, self.max_pixels) for im in images]
         out = []
-        for raw in self._run(arrays, min(shown, policy.lowest_score)):
+        for raw in self._run(arrays, min(shown, policy.lowest_score), spec):
             verdict = judge(policy, raw.class_ids, raw.scores, raw.masks)
             out.append((_filtered(raw, shown, class_ids), verdict))
         return out
@@ -249,10 +265,11 @@ class Predictor:
         min_score: float | None = None,
         classes: Any = None,
         mask_format: str = "rle",
+        tile: Any = None,
     ) -> list[dict[str, Any]]:
         """One image -> list of detections (highest score first)."""
         mask_format = parse_mask_format(mask_format)
-        (raw,) = self.detect([image], min_score=min_score, classes=classes)
+        (raw,) = self.detect([image], min_score=min_score, classes=classes, tile=tile)
         return self.format(raw, mask_format)
 
     def predict_batch(
@@ -261,9 +278,11 @@ class Predictor:
         min_score: float | None = None,
         classes: Any = None,
         mask_format: str = "rle",
+        tile: Any = None,
     ) -> list[list[dict[str, Any]]]:
         mask_format = parse_mask_format(mask_format)
-        return [self.format(r, mask_format) for r in self.detect(images, min_score, classes)]
+        return [self.format(r, mask_format)
+                for r in self.detect(images, min_score, classes, tile)]
 
     def overlay(
         self, image: np.ndarray, raw: RawDetections, show_labels: bool = True,

@@ -2,7 +2,7 @@
 
     python -m casting.predict --model MODEL_DIR --input IMAGES_OR_FILE --output OUT_DIR \
         [--min-score 0.5] [--classes holes,chipping] [--coco-gt annotations.json] \
-        [--no-overlays] [--batch-size 4] [--policy policy.json]
+        [--no-overlays] [--batch-size 4] [--policy policy.json] [--tile auto]
 
 Writes, in OUT_DIR:
   results.json    COCO detection results: [{"image_id", "category_id", "bbox" (x, y, w, h),
@@ -19,6 +19,8 @@ Image ids are 1..N in sorted file order, or the ids of a COCO ground-truth file 
 --coco-gt (matched on file name), so results.json can be scored against it directly.
 Category ids are the model's 1-based class ids. The policy (casting.qc.policy) is
 --policy, else $CASTING_POLICY, else the model folder's policy.json, else the default one.
+--tile (casting.tiling: "on", "auto", "tile_size=512,overlap=64,full_pass=0", ...) runs
+large images by tiles at native scale; default $CASTING_TILE, else off.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def run(
     progress: bool = True,
     predictor: Any = None,
     policy: Any = None,
+    tile: Any = None,
 ) -> dict[str, Any]:
     """Predict every image under ``input_path``; returns a summary dict."""
     from tqdm import tqdm
@@ -99,6 +102,7 @@ def run(
     min_score = parse_min_score(min_score)
     predictor = predictor or Predictor(model_dir, warmup=False)
     policy = predictor.policy_for(policy)
+    tile = predictor.tile_for(tile)
     class_ids = parse_classes(classes, predictor.class_names)
     base = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
     names = [os.path.relpath(f, base) for f in files]
@@ -108,8 +112,8 @@ def run(
     for start in range(0, len(files), max(1, batch_size)):
         chunk = list(zip(files[start:start + batch_size], names[start:start + batch_size]))
         arrays, kept = out.read(chunk)
-        judged = (predictor.judge(arrays, min_score=min_score, classes=class_ids, policy=policy)
-                  if arrays else [])
+        judged = (predictor.judge(arrays, min_score=min_score, classes=class_ids, policy=policy,
+                                  tile=tile) if arrays else [])
         for name, arr, (raw, verdict) in zip(kept, arrays, judged):
             out.add(name, arr, raw, verdict)
         bar.update(len(chunk))
@@ -201,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="acceptance policy: a JSON file or inline JSON (default: "
                              "$CASTING_POLICY, else the model folder's policy.json, else "
                              "any defect scoring >= 0.5 rejects)")
+    parser.add_argument("--tile", default=None,
+                        help="inference by tiles at native scale: off, on, auto (a side over "
+                             "1.5x image_size), or key=value,... (tile_size, overlap, "
+                             "full_pass, batch; see casting.tiling). Default $CASTING_TILE")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -214,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model, args.input, args.output,
             min_score=args.min_score, classes=args.classes, coco_gt=args.coco_gt,
             overlays=not args.no_overlays, batch_size=args.batch_size,
-            progress=not args.quiet, policy=args.policy,
+            progress=not args.quiet, policy=args.policy, tile=args.tile,
         )
     except (FileNotFoundError, InferenceError, PolicyError) as exc:
         print(f"predict: {exc}", file=sys.stderr)

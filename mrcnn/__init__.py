@@ -10,4 +10,4 @@ See docs/matterport.md for what is the same and what changed.
 
 __version__ = "2.1+casting"
 
-__all__ = ["config", "model", "utils", "visualize"]
+__all__ = ["config", "model", "parallel_model", "utils", "visualize"]

@@ -30,6 +30,11 @@ import re
 import numpy as np
 
 from mrcnn import utils
+from mrcnn._graph import (  # noqa: F401  matterport's graph helpers
+    build_rpn_targets, compute_backbone_shapes, denorm_boxes_graph, norm_boxes_graph,
+    parse_image_meta_graph,
+)
+from mrcnn._inspect import InspectMixin, network_class
 from mrcnn.data import (  # matterport's names in mrcnn.model
     IMGAUG_NUMPY2_NOTE, _augment, compose_image_meta, data_generator, imgaug_status,
     load_image_gt, make_tf_dataset, mold_image, parse_image_meta, unmold_image,
@@ -49,7 +54,8 @@ LAYER_REGEX = {
 __all__ = [
     "MaskRCNN", "LAYER_REGEX", "log", "utils", "IMGAUG_NUMPY2_NOTE", "imgaug_status",
     "mold_image", "unmold_image", "compose_image_meta", "parse_image_meta", "load_image_gt",
-    "data_generator", "make_tf_dataset",
+    "data_generator", "make_tf_dataset", "build_rpn_targets", "compute_backbone_shapes",
+    "parse_image_meta_graph", "norm_boxes_graph", "denorm_boxes_graph",
 ]
 
 
@@ -86,20 +92,19 @@ class _Checkpoint:
         return Checkpoint()
 
 
-class MaskRCNN:
-    """matterport's `MaskRCNN` wrapper: `train`, `detect`, `load_weights`, `find_last`."""
+class MaskRCNN(InspectMixin):
+    """matterport's `MaskRCNN` wrapper: `train`, `detect`, `load_weights`, `find_last`, and
+    the inspection methods (`run_graph`, `mold_inputs`, `get_anchors`...: mrcnn/_inspect.py)."""
 
     def __init__(self, mode, config, model_dir):
         assert mode in ["training", "inference"], f"mode must be training or inference, not {mode!r}"
-        from casting.model import MaskRCNN as Network
-
         self.mode = mode
         self.config = config
         self.model_dir = model_dir
         self.class_names = None
         self.weights_loaded = False
         self.casting_config = config.to_casting_config()
-        self.keras_model = Network(self.casting_config)
+        self.keras_model = network_class()(self.casting_config)
         self.set_log_dir()
 
     # ---- logs, checkpoints ---------------------------------------------------------------
@@ -255,20 +260,8 @@ class MaskRCNN:
             for image in images:
                 log("image", image)
         detections = self.keras_model.detect(list(images))
-        results = []
-        for image, det in zip(images, detections):
-            height, width = np.asarray(image).shape[:2]
-            masks = np.asarray(det["masks"]).astype(bool)
-            masks = np.transpose(masks, (1, 2, 0)) if masks.size else np.zeros(
-                (height, width, 0), bool)
-            boxes = np.asarray(det["boxes"], np.float32).reshape(-1, 4)
-            results.append({
-                "rois": np.round(boxes).astype(np.int32),
-                "class_ids": np.asarray(det["class_ids"], np.int32).reshape(-1),
-                "scores": np.asarray(det["scores"], np.float32).reshape(-1),
-                "masks": masks,
-            })
-        return results
+        return [_matterport_result(det, *np.asarray(image).shape[:2])
+                for image, det in zip(images, detections)]
 
     # ---- export to our container's format ------------------------------------------------
     def save_model_dir(self, path, class_names=None, saved_model=True):
@@ -282,6 +275,19 @@ class MaskRCNN:
             if len(names) == self.casting_config.num_classes - 1:
                 self.keras_model.config = self.casting_config.replace(class_names=tuple(names))
         return save_model_dir(self.keras_model, path, saved_model=saved_model)
+
+
+def _matterport_result(det, height, width):
+    """One image's `casting` detections -> matterport's dict (masks [H, W, N])."""
+    masks = np.asarray(det["masks"]).astype(bool)
+    masks = np.transpose(masks, (1, 2, 0)) if masks.size else np.zeros((height, width, 0), bool)
+    boxes = np.asarray(det["boxes"], np.float32).reshape(-1, 4)
+    return {
+        "rois": np.round(boxes).astype(np.int32),
+        "class_ids": np.asarray(det["class_ids"], np.int32).reshape(-1),
+        "scores": np.asarray(det["scores"], np.float32).reshape(-1),
+        "masks": masks,
+    }
 
 
 def _can_validate(model) -> bool:

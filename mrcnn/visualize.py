@@ -135,3 +135,16 @@ def display_top_masks(image, mask, class_ids, class_names, limit=4):
         to_display.append(m)
         titles.append(class_names[class_id] if class_id != -1 else "-")
     return display_images(to_display, titles=titles, cols=limit + 1, cmap="Blues_r")
+
+
+# matterport's inspection plots, kept in mrcnn/_plots.py (imported last: it uses the above)
+from mrcnn._plots import (  # noqa: E402
+    display_differences, display_table, display_weight_stats, draw_box, draw_boxes, draw_rois,
+    plot_overlaps, plot_precision_recall,
+)
+
+__all__ = [
+    "random_colors", "apply_mask", "display_instances", "display_images", "display_top_masks",
+    "display_differences", "display_table", "display_weight_stats", "draw_box", "draw_boxes",
+    "draw_rois", "plot_overlaps", "plot_precision_recall",
+]

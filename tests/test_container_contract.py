@@ -31,7 +31,7 @@ from testkit import free_port
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=30)  # the image-like training, then the server
 
 
 def dockerfile_copies():

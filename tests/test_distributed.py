@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from casting.distribute import ADDRESSES_ENV
 from casting.launch import encode_hyperparameters
@@ -110,48 +111,12 @@ def _s3_sync(chief, worker):
     shutil.copytree(chief / "checkpoints", worker / "checkpoints")
 
 
-def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path):
+@pytest.mark.slow(seconds=120)
+def test_multi_worker_job_stopped_killed_resumed_in_step_and_only_the_chief_writes(tmp_path):
+    """One job's life: stopped by a signal to one worker, restarted and killed, restarted
+    from an out-of-date copy; it ends with the replicas in step and only the chief's files.
+    (One test, not two: each two-worker launch costs two TensorFlow start-ups.)"""
     chief, worker = _instances(tmp_path, saved_model=True)
-    procs = _start([chief, worker])
-    codes = _finish(procs)
-    logs = [p.text for p in procs]
-    assert codes == [0, 0], "\n=====\n".join(log[-3000:] for log in logs)
-
-    total = STEPS_PER_EPOCH * EPOCHS
-    d0, d1 = _digests(logs[0]), _digests(logs[1])
-    assert [d[:2] for d in d0] == [(0, total)] and [d[:2] for d in d1] == [(1, total)]
-    assert d0[0][2] == d1[0][2]  # the replicas end with identical weights
-
-    # global batch and per-worker shards of the 6 training images (1 of 7 held out)
-    for log in logs:
-        assert "batch 1 per replica x 2 replicas = 2" in log
-    assert "Worker 0 of 2 (chief" in logs[0] and "Worker 1 of 2;" in logs[1]
-    assert "reads 3 of the 6 training images" in logs[0]
-    assert "reads 3 of the 6 training images" in logs[1]
-
-    # the chief writes the model, evaluation, history, TensorBoard and checkpoints ...
-    assert (chief / "model" / "config.json").is_file()
-    assert (chief / "model" / "saved_model" / "saved_model.pb").is_file()
-    evaluation = json.loads((chief / "output" / "data" / "evaluation.json").read_text())
-    assert evaluation["global_step"] == total
-    assert (chief / "output" / "data" / "history.csv").is_file()
-    assert _files(chief / "output" / "tensorboard")
-    assert _checkpoints(chief)[-1] == f"ckpt-{total:010d}"
-    # ... the other worker writes none of them
-    for sub in ("model", "output/data", "output/tensorboard", "checkpoints"):
-        assert _files(worker / sub) == [], sub
-
-    # the saved model is the replicas' common state
-    from casting.distribute import weights_digest
-    from casting.model import load_model_dir
-
-    model = load_model_dir(str(chief / "model"))
-    assert weights_digest(model.weights) == d0[0][2]
-    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
-
-
-def test_multi_worker_job_stopped_and_killed_resumes_from_the_chiefs_checkpoint(tmp_path):
-    chief, worker = _instances(tmp_path)
     total = STEPS_PER_EPOCH * EPOCHS
 
     # 1. a stop signal reaching one worker only stops both after the same step
@@ -165,12 +130,19 @@ def test_multi_worker_job_stopped_and_killed_resumes_from_the_chiefs_checkpoint(
         log[-3000:] for log in logs)
     (w0, s0, g0), (w1, s1, g1) = _digests(logs[0]) + _digests(logs[1])
     assert (w0, w1) == (0, 1) and s0 == s1 and g0 == g1 and s0 < total
+    # global batch and per-worker shards of the 6 training images (1 of 7 held out)
+    for log in logs:
+        assert "batch 1 per replica x 2 replicas = 2" in log
+    assert "Worker 0 of 2 (chief" in logs[0] and "Worker 1 of 2;" in logs[1]
+    assert "reads 3 of the 6 training images" in logs[0]
+    assert "reads 3 of the 6 training images" in logs[1]
     assert _checkpoints(chief)[-1] == f"ckpt-{s0:010d}"
     assert _checkpoints(worker) == []
 
     # 2. restart (SageMaker restores the S3 checkpoints on every instance); kill both
     #    with SIGKILL once the chief has written a newer checkpoint
     _s3_sync(chief, worker)
+    synced = _checkpoints(worker)
     procs = _start([chief, worker])
     newer = f"ckpt-{s0 + 2 - s0 % 2:010d}"
     assert procs[0].wait_for(lambda: newer in _checkpoints(chief), timeout=400), \
@@ -192,6 +164,26 @@ def test_multi_worker_job_stopped_and_killed_resumes_from_the_chiefs_checkpoint(
     assert f"ckpt-{killed_at:010d}" in logs[0]
     assert f"the chief's at {killed_at}" in logs[1]
     (_, e0, f0), (_, e1, f1) = _digests(logs[0]) + _digests(logs[1])
-    assert e0 == e1 == total and f0 == f1
+    assert e0 == e1 == total and f0 == f1  # the replicas end with identical weights
+
+    # the chief writes the model, evaluation, history, TensorBoard and checkpoints ...
+    assert (chief / "model" / "config.json").is_file()
     assert (chief / "model" / "model.weights.h5").is_file()
-    assert _files(worker / "model") == []
+    assert (chief / "model" / "saved_model" / "saved_model.pb").is_file()
+    evaluation = json.loads((chief / "output" / "data" / "evaluation.json").read_text())
+    assert evaluation["global_step"] == total
+    assert (chief / "output" / "data" / "history.csv").is_file()
+    assert _files(chief / "output" / "tensorboard")
+    assert _checkpoints(chief)[-1] == f"ckpt-{total:010d}"
+    # ... the other worker writes none of them (its checkpoints are the copy synced in 2.)
+    for sub in ("model", "output/data", "output/tensorboard"):
+        assert _files(worker / sub) == [], sub
+    assert _checkpoints(worker) == synced
+
+    # the saved model is the replicas' common state
+    from casting.distribute import weights_digest
+    from casting.model import load_model_dir
+
+    model = load_model_dir(str(chief / "model"))
+    assert weights_digest(model.weights) == f0
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)

@@ -280,7 +280,7 @@ def test_weights_find_last_and_epochs(tmp_path):
     assert r["masks"].dtype == bool
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=220)
 def test_matterport_style_script_trains_and_detects(tmp_path):
     """tests/mrcnn_scripts/train_shapes.py, a matterport samples/shapes-style script, runs
     unchanged: trains heads then all, continues epochs, detects on its training images."""

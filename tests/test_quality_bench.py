@@ -222,3 +222,34 @@ def test_two_steps_end_to_end_with_a_saved_peer_log(tmp_path):
         assert fields[key] == "nan" if ours[key] is None else math.isfinite(float(fields[key]))
     assert report["peer"]["holes_AP50"] == 0.38 and "ours_over_peer" in report
     assert "ours/peer" in proc.stdout
+
+
+def test_stages_figures_per_class_on_a_tiny_model(tmp_path_factory):
+    """bench/stages.py: per-class stage figures, one row per object, in their ranges."""
+    try:
+        from test_serving import build_test_model_dir
+    except ImportError:  # pragma: no cover - run from the repository root
+        from tests.test_serving import build_test_model_dir
+    import stages
+
+    from casting.data import load_dataset
+    from casting.model import load_model_dir
+
+    model = load_model_dir(build_test_model_dir(tmp_path_factory))
+    folder = _synthetic(tmp_path_factory.mktemp("stages") / "data", count=3, seed=4)
+    ds = load_dataset(folder, class_map={"disk": None, "deburring": None},
+                      class_names=model.config.class_names)
+    counts = {}
+    for rec in ds.records:
+        for inst in rec.instances:
+            name = ds.class_names[inst.class_id - 1]
+            counts[name] = counts.get(name, 0) + 1
+    assert counts, "the synthetic images should hold holes or chips"
+    table = stages.stage_table(model, ds, batch_size=2)
+    assert {k: v["objects"] for k, v in table.items()} == counts
+    for row in table.values():
+        assert 0.0 < row["anchor_best_iou"] <= 1.0
+        assert row["positive_anchors"] >= 1  # every object gets at least its best anchor
+        assert row["rpn_recall_100"] <= row["rpn_recall_1000"] <= 1.0
+        assert 0.0 <= row["p_true"] + row["p_background"] <= 1.0 + 1e-6
+        assert 0.0 <= row["accuracy"] <= 1.0

@@ -23,6 +23,7 @@ def _train(args, tmp, base=None):
     return Proc([sys.executable, str(ROOT / "train.py"), *args], _env(base), tmp)
 
 
+@pytest.mark.slow(seconds=55)
 def test_toolkit_entry_point_trains_with_json_encoded_hyperparameters(tmp_path):
     base = tmp_path / "opt" / "ml"
     config_dir = base / "input" / "config"
@@ -166,6 +167,7 @@ def test_diverging_run_stops_at_the_nan_step_and_writes_nothing_from_it(tmp_path
         assert h5_weights_finite(Path(path) / "model.weights.h5"), path
 
 
+@pytest.mark.slow(seconds=105)
 def test_a_run_on_other_data_refuses_the_old_checkpoints_then_starts_over(tmp_path):
     base = tmp_path / "opt" / "ml"
     base.mkdir(parents=True)
@@ -213,6 +215,7 @@ def _ckpt_state(path):
     return json.loads((Path(path) / "state.json").read_text())
 
 
+@pytest.mark.slow(seconds=95)
 def test_sigkill_while_saving_then_sigterm_mid_epoch_then_resume_to_the_end(tmp_path):
     base = tmp_path / "opt" / "ml"
     base.mkdir(parents=True)

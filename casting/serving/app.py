@@ -98,6 +98,7 @@ def create_app(
             mask_format = parse_mask_format(params.get("mask_format"))
             classes = parse_classes(params.get("classes"), predictor.class_names)
             policy = predictor.policy_for(_request_policy(params.get("policy")))
+            tile = predictor.tile_for(params.get("tile"))
         except (ParameterError, PolicyError) as exc:
             raise ApiError(400, str(exc)) from None
         if response_type == "image/png" and len(encoded) != 1:
@@ -105,7 +106,8 @@ def create_app(
         images = _decode_images(encoded, batched, predictor.max_pixels)
 
         started = time.monotonic()
-        judged = predictor.judge(images, min_score=min_score, classes=classes, policy=policy)
+        judged = predictor.judge(images, min_score=min_score, classes=classes, policy=policy,
+                                 tile=tile)
         elapsed_ms = (time.monotonic() - started) * 1000.0
         resp = _render(predictor, images, judged, response_type, mask_format, batched)
         resp.headers["X-Inference-Ms"] = f"{elapsed_ms:.1f}"

@@ -15,7 +15,7 @@ RAW_IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/x-image"
                    "application/octet-stream")
 JSON_TYPES = ("application/json",)
 RESPONSE_TYPES = ("application/json", "image/png")
-PARAMETER_NAMES = ("min_score", "classes", "mask_format", "policy")
+PARAMETER_NAMES = ("min_score", "classes", "mask_format", "policy", "tile")
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 # Bodies at most this large are read and discarded before a 413 is sent, so the client gets
 # the answer instead of a connection reset; beyond it the connection is simply closed.

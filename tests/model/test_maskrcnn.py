@@ -50,6 +50,7 @@ def trained():
     return model, data, history
 
 
+@pytest.mark.slow(seconds=95)
 def test_losses_are_logged_and_go_down(trained):
     _, _, history = trained
     for name in ("loss",) + LOSS_NAMES:

@@ -6,6 +6,7 @@ diagnostics, for ablations."""
 
 import keras
 import numpy as np
+import pytest
 
 from casting.config import Config
 from casting.data.pipeline import make_dataset
@@ -22,6 +23,7 @@ SMALL = dict(
 )
 
 
+@pytest.mark.slow(seconds=100)
 def test_memorises_small_defects_of_every_class():
     keras.utils.set_random_seed(0)
     records = generate_records(4, seed=7, size=128)
