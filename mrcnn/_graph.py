@@ -167,7 +167,7 @@ def forward(network, images, image_info, keys, gt=None, seed=None):
 
     from casting.model import ops
     from casting.model import rpn as rpn_lib
-    from casting.model.roi_heads import mask_targets_flat, pool, refine_detections, sample_rois
+    from casting.model.roi_heads import mask_targets_flat, sample_rois
 
     cfg = network.config
     size = cfg.image_size
@@ -191,33 +191,27 @@ def forward(network, images, image_info, keys, gt=None, seed=None):
         pyramid, inner = bb(x, training=False), []
     out = {"input_image": x}
     out.update({n: v for n, v in zip(layer_names, inner)})
-    logits, deltas = network.rpn(pyramid)
+    stages = network.inference_stages(images, image_info, pyramid=pyramid)
+    logits, deltas, proposals = stages["rpn_logits"], stages["rpn_deltas"], stages["proposals"]
     anchors = tf.constant(network.anchors)
     out.update(rpn_class_logits=logits, rpn_class=tf.nn.softmax(logits), rpn_bbox=deltas,
                anchors=tf.broadcast_to(norm(anchors)[None], [tf.shape(x)[0], anchors.shape[0], 4]))
-    proposals = rpn_lib.generate_proposals(logits, deltas, anchors, cfg,
-                                           cfg.post_nms_rois_inference)
     out["proposals"] = tf.where(ops.box_area(proposals)[..., None] > 0, norm(proposals), 0.0)
     if any(k in _RPN_STAGES for k in keys):
         out.update(_rpn_stages(logits, deltas, anchors, cfg, norm))
-    class_logits, box_deltas = network.box_head(pool(pyramid, proposals, cfg.pool_size))
+    class_logits = stages["class_logits"]
     out.update(mrcnn_class_logits=class_logits, mrcnn_class=tf.nn.softmax(class_logits),
-               mrcnn_bbox=box_deltas)
-    info = tf.cast(image_info, tf.float32)
-    zeros = tf.zeros_like(info[:, 0])
-    windows = tf.stack([zeros, zeros, info[:, 0] * info[:, 2], info[:, 1] * info[:, 2]], 1)
-    boxes, scores, class_ids, num = refine_detections(proposals, class_logits, box_deltas,
-                                                      windows, cfg)
+               mrcnn_bbox=stages["deltas"])
+    boxes, scores, class_ids, num = (stages[n] for n in ("boxes", "scores", "class_ids",
+                                                         "num_detections"))
     valid = tf.range(cfg.detection_max_instances)[None, :] < num[:, None]
     det = tf.concat([norm(boxes), tf.cast(class_ids, tf.float32)[..., None],
                      scores[..., None]], axis=-1)
     out["detections"] = tf.where(valid[..., None], det, 0.0)
     out["num_detections"] = num
-    if "mrcnn_mask" in keys:
-        k = tf.reduce_max(num)
-        masks = tf.sigmoid(network.mask_head(pool(pyramid, boxes[:, :k], cfg.mask_pool_size)))
-        out["mrcnn_mask"] = tf.pad(masks, [[0, 0], [0, cfg.detection_max_instances - k],
-                                           [0, 0], [0, 0], [0, 0]])
+    masks = tf.sigmoid(stages["mask_logits"])  # every class, matterport's layout
+    padding = cfg.detection_max_instances - tf.shape(masks)[1]
+    out["mrcnn_mask"] = tf.pad(masks, [[0, 0], [0, padding], [0, 0], [0, 0], [0, 0]])
     if gt is not None:
         gt_ids, gt_boxes, gt_masks = (tf.constant(a) for a in gt)
         match, rpn_target = rpn_lib.rpn_targets(anchors, gt_boxes, gt_ids, cfg, seed=seed)

@@ -278,17 +278,18 @@ class MaskRCNN(keras.Model):
         return self._log(losses, self.total_loss(losses))
 
     # ---- inference ---------------------------------------------------------------------
-    def infer(self, images: tf.Tensor, image_info: tf.Tensor, min_confidence=None):
-        """Graph inference on model-size images [B, S, S, 3] (RGB 0-255, padded) with
-        image_info [B, 4] (original h, w, scale, 0).
-
-        Returns a dict: boxes [B, D, 4] (model pixels), scores [B, D], class_ids [B, D],
-        masks [B, D, m, m] (box-relative probabilities), num_detections [B].
-        """
+    def inference_stages(self, images: tf.Tensor, image_info: tf.Tensor, min_confidence=None,
+                         pyramid=None) -> dict:
+        """Every stage of graph inference, by name (model pixels): pyramid (P2-P6),
+        rpn_logits, rpn_deltas, proposals, class_logits, deltas, boxes, scores, class_ids,
+        num_detections, and mask_logits [B, K, m, m, classes] on the first K = max
+        num_detections boxes. `pyramid`: already computed from these images (mrcnn's
+        run_graph computes it with inner backbone layers alongside)."""
         cfg = self.config
         if min_confidence is None:
             min_confidence = cfg.detection_min_confidence
-        pyramid = self.pyramid(images, training=False)
+        if pyramid is None:
+            pyramid = self.pyramid(images, training=False)
         rpn_logits, rpn_deltas = self.rpn(pyramid)
         proposals = rpn_lib.generate_proposals(rpn_logits, rpn_deltas, tf.constant(self.anchors),
                                                cfg, cfg.post_nms_rois_inference)
@@ -300,14 +301,28 @@ class MaskRCNN(keras.Model):
             proposals, class_logits, deltas, windows, cfg, min_confidence)
         # the mask head runs on the detections that exist, not on the padding
         k = tf.reduce_max(num)
-        det_boxes = boxes[:, :k]
-        mask_logits = self.mask_head(pool(pyramid, det_boxes, cfg.mask_pool_size))
+        mask_logits = self.mask_head(pool(pyramid, boxes[:, :k], cfg.mask_pool_size))
+        return {"pyramid": pyramid, "rpn_logits": rpn_logits, "rpn_deltas": rpn_deltas,
+                "proposals": proposals, "class_logits": class_logits, "deltas": deltas,
+                "boxes": boxes, "scores": scores, "class_ids": class_ids,
+                "num_detections": num, "mask_logits": mask_logits}
+
+    def infer(self, images: tf.Tensor, image_info: tf.Tensor, min_confidence=None):
+        """Graph inference on model-size images [B, S, S, 3] (RGB 0-255, padded) with
+        image_info [B, 4] (original h, w, scale, 0).
+
+        Returns a dict: boxes [B, D, 4] (model pixels), scores [B, D], class_ids [B, D],
+        masks [B, D, m, m] (box-relative probabilities), num_detections [B].
+        """
+        stages = self.inference_stages(images, image_info, min_confidence)
+        mask_logits, class_ids = stages["mask_logits"], stages["class_ids"]
+        k = tf.shape(mask_logits)[1]
         chosen = tf.gather(tf.transpose(mask_logits, [0, 1, 4, 2, 3]), class_ids[:, :k],
                            batch_dims=2)
-        masks = tf.sigmoid(chosen)
-        masks = tf.pad(masks, [[0, 0], [0, cfg.detection_max_instances - k], [0, 0], [0, 0]])
-        return {"boxes": boxes, "scores": scores, "class_ids": class_ids, "masks": masks,
-                "num_detections": num}
+        masks = tf.pad(tf.sigmoid(chosen),
+                       [[0, 0], [0, self.config.detection_max_instances - k], [0, 0], [0, 0]])
+        return {"boxes": stages["boxes"], "scores": stages["scores"], "class_ids": class_ids,
+                "masks": masks, "num_detections": stages["num_detections"]}
 
     def call(self, inputs, training=False):
         return self.infer(inputs["image"], inputs["image_info"])
