@@ -34,11 +34,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def score(model, ds) -> dict:
+def score(model, ds, tile=None) -> dict:
+    """train.py's final COCO evaluation of `model` on every image of `ds` (by tiles with a
+    casting.tiling option), as the figures these benchmarks print."""
     from casting.evaluation import evaluate_model
 
     start = time.perf_counter()
-    metrics, _ = evaluate_model(model, ds.records, ds.class_names)
+    metrics, _ = evaluate_model(model, ds.records, ds.class_names, tile=tile)
     seconds = (time.perf_counter() - start) / len(ds.records)
     segm, bbox = metrics["segm"], metrics["bbox"]
     present = [c for c, n in metrics["num_gt_instances"].items() if n > 0]

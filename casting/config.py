@@ -80,6 +80,11 @@ class Config:
     # small inputs; the box head still sees every sampled ROI.
     mask_rois_per_image: int = 0
     roi_positive_iou: float = 0.5
+    # Moved copies of each ground-truth box added to the ROI candidates (0: none): a 12-px
+    # chip gets about two proposals at IoU >= 0.5, the part a dozen.
+    roi_gt_jitter: int = 0
+    # Weight of an object's ROIs against background ones in the box head's class loss.
+    roi_foreground_weight: float = 1.0
     pool_size: int = 7
     mask_pool_size: int = 14
     mask_shape: int = 28
@@ -118,6 +123,15 @@ class Config:
     # with crops of 512 trains at a 512-px step's cost on objects twice their 512-px size.
     train_scale_range: tuple[float, float] = (1.0, 1.0)
     train_crop_size: int = 0
+    # Crops of large frames at native scale: the training image keeps its own pixel size
+    # (times the scale jitter) and a train_crop_size (else image_size) square is cut from
+    # it; inference then runs by tiles of image_size (casting.tiling), which reach the model
+    # at the scale it trained on. A crop holds a chosen object with probability
+    # train_crop_object_fraction (else it is placed anywhere: some crops hold nothing);
+    # an object the crop cuts is dropped below train_crop_min_visible of its area.
+    train_native_scale: bool = False
+    train_crop_object_fraction: float = 0.75
+    train_crop_min_visible: float = 0.1
     # Repeat-factor sampling threshold (casting.data.sampling); 0 = every image once a pass.
     repeat_threshold: float = 0.0
     seed: int = 42
@@ -176,6 +190,9 @@ class Config:
                                      or not 64 <= self.train_crop_size <= self.image_size):
             raise ConfigError(f"train_crop_size must be 0 (no crop) or a multiple of 64 from 64 "
                               f"to image_size ({self.image_size}), not {self.train_crop_size}")
+        for name in ("train_crop_object_fraction", "train_crop_min_visible"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], not {getattr(self, name)}")
         if (len(self.train_scale_range) != 2
                 or not 0.0 < self.train_scale_range[0] <= self.train_scale_range[1] <= 4.0):
             raise ConfigError(f"train_scale_range must be [min, max] with 0 < min <= max <= 4, "
@@ -184,6 +201,11 @@ class Config:
             raise ConfigError("rpn_anchor_scales needs one scale per pyramid level (P2-P6)")
         if not 0.0 < self.roi_positive_ratio <= 1.0:
             raise ConfigError("roi_positive_ratio must be in (0, 1]")
+        if not self.roi_foreground_weight > 0.0:
+            raise ConfigError(f"roi_foreground_weight must be > 0, not "
+                              f"{self.roi_foreground_weight}")
+        if self.roi_gt_jitter < 0:
+            raise ConfigError(f"roi_gt_jitter must be >= 0 (0: none), not {self.roi_gt_jitter}")
         if self.mask_rois_per_image < 0:
             raise ConfigError(f"mask_rois_per_image must be >= 0 (0: every positive ROI), "
                               f"not {self.mask_rois_per_image}")

@@ -129,6 +129,14 @@ SPECS: tuple[Spec, ...] = (
        "image at --image-size. 0: the whole image. With --image-size 1024 and crops of 512 "
        "a step costs about what a 512-px step does while objects keep twice the pixels. "
        "Default 0."),
+    _s("train_native_scale", to_bool, None, "Large frames: train on crops at the images' "
+       "own pixel size (times the scale jitter) instead of resizing them to --image-size; "
+       "the crop is --train-crop-size or --image-size. Its final evaluation runs by tiles; "
+       "serve it with tile=on. Default False."),
+    _s("train_crop_object_fraction", to_float, None, "Share of training crops placed to "
+       "hold a chosen object (the rest anywhere). Default 0.75."),
+    _s("train_crop_min_visible", to_float, None, "An object a training crop cuts is "
+       "dropped when less than this fraction of it is inside. Default 0.1."),
     _s("seed", to_int, None, "Random seed. Default 42."),
     _s("deterministic", to_bool, False, "Bit-for-bit repeatable training on one machine "
        "(TensorFlow's deterministic op kernels; slower). Without it two runs of the same "
@@ -179,7 +187,8 @@ CONFIG_FIELDS = (
     "learning_rate", "momentum", "weight_decay", "gradient_clip_norm", "warmup_steps",
     "scale_learning_rate", "layers", "schedule", "augment", "seed", "checkpoint_every_steps", "keep_checkpoints",
     "class_names", "lr_decay", "norm", "repeat_threshold", "mask_rois_per_image",
-    "train_scale_range", "train_crop_size",
+    "train_scale_range", "train_crop_size", "train_native_scale",
+    "train_crop_object_fraction", "train_crop_min_visible",
 )
 
 

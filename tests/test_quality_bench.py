@@ -253,3 +253,46 @@ def test_stages_figures_per_class_on_a_tiny_model(tmp_path_factory):
         assert row["rpn_recall_100"] <= row["rpn_recall_1000"] <= 1.0
         assert 0.0 <= row["p_true"] + row["p_background"] <= 1.0 + 1e-6
         assert 0.0 <= row["accuracy"] <= 1.0
+
+
+def test_tiles_bench_builds_frames_at_native_scale_and_scores_three_ways(tmp_path_factory,
+                                                                          capsys):
+    """bench/tiles.py: frames are grid x grid source images pasted at their own pixels with
+    their masks; the model is scored on the sources, on the frames resized and by tiles."""
+    try:
+        from test_serving import build_test_model_dir
+    except ImportError:  # pragma: no cover - run from the repository root
+        from tests.test_serving import build_test_model_dir
+    import numpy as np
+    import tiles
+
+    from casting.data import load_dataset
+    from casting.evaluation import load_image
+
+    model_dir = build_test_model_dir(tmp_path_factory)
+    work = tmp_path_factory.mktemp("tiles")
+    folder = _synthetic(work / "data", count=5, seed=4)
+    ds = load_dataset(folder)
+    frames = tiles.make_frames(ds, 2, str(work / "frames"))
+    assert len(frames.records) == 1  # the fifth image is left out
+    frame = frames.records[0]
+    assert (frame.height, frame.width) == (128, 128)
+    pixels = load_image(frame.image_path)
+    for k, rec in enumerate(ds.records[:4]):
+        y, x = (k // 2) * 64, (k % 2) * 64
+        np.testing.assert_array_equal(pixels[y:y + 64, x:x + 64], load_image(rec.image_path))
+    sources = [(i.class_id, i.area) for r in ds.records[:4] for i in r.instances]
+    assert [(i.class_id, i.area) for i in frame.instances] == sources  # same pixels each
+
+    out = work / "tiles.json"
+    assert tiles.main(["--model", model_dir, "--synthetic", "4", "--grid", "2", "--tile",
+                       "overlap=16", "--work", str(work / "run"), "--out", str(out)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("tiles way=")]
+    assert [ln.split()[1] for ln in lines] == ["way=native", "way=resize", "way=tiles"]
+    result = json.loads(out.read_text())
+    assert result["frames"] == 1 and result["frame_size"] == [128, 128]
+    assert set(result["results"]) == {"native", "resize", "tiles"}
+    from casting.inputs import ParameterError
+
+    with pytest.raises(ParameterError, match="overlap"):
+        tiles.main(["--model", model_dir, "--synthetic", "4", "--tile", "overlap=-3"])

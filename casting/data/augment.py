@@ -102,16 +102,61 @@ def jittered_size(size: int, scale_range, seed) -> tf.Tensor:
     longer side an image is resized to before augmentation and cropping."""
     lo, hi = (float(v) for v in scale_range)
     s = _u(tf.cast(seed, tf.int64), lo, hi)
-    return tf.maximum(1, tf.cast(tf.round(size * s), tf.int32))
+    return tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * s), tf.int32))
 
 
-def random_crop(image, masks, crop: int, seed):
-    """A crop x crop window of image [h, w, 3] and masks [h, w, K] at a random place (each
-    side kept whole where it is shorter than `crop`). Instances that the window cuts keep
-    their visible part; the pipeline drops those left with no pixel."""
-    s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+def _box_of(mask):
+    """Bounding box (y1, x1, y2, x2) int32, far ends exclusive, of mask [h, w] (float 0/1,
+    not empty)."""
+    rows = tf.cast(tf.reduce_any(mask > 0.5, axis=1), tf.int32)
+    cols = tf.cast(tf.reduce_any(mask > 0.5, axis=0), tf.int32)
+    y1, x1 = tf.argmax(rows, output_type=tf.int32), tf.argmax(cols, output_type=tf.int32)
+    y2 = tf.shape(mask)[0] - tf.argmax(tf.reverse(rows, [0]), output_type=tf.int32)
+    x2 = tf.shape(mask)[1] - tf.argmax(tf.reverse(cols, [0]), output_type=tf.int32)
+    return y1, x1, y2, x2
+
+
+def _offset_over(lo, hi, window, length, u):
+    """A window start that keeps [lo, hi) inside the window (or the window inside it, when
+    it is longer), at a place set by u in [0, 1), within [0, length - window]."""
+    a, b = tf.minimum(lo, hi - window), tf.maximum(lo, hi - window)
+    start = a + tf.cast(u * tf.cast(b - a + 1, tf.float32), tf.int32)
+    return tf.clip_by_value(tf.minimum(start, b), 0, length - window)
+
+
+def random_crop(image, masks, crop: int, seed, object_fraction: float = 0.0,
+                min_visible: float = 0.0):
+    """A crop x crop window of image [h, w, 3] and masks [h, w, K] (float 0/1) at a random
+    place (each side kept whole where it is shorter than `crop`).
+
+    With probability `object_fraction` the window holds the box of an instance drawn
+    uniformly from those present, whole where it fits (at a random place in the window),
+    else the window is placed uniformly, so some crops hold no object. An instance the window cuts keeps its visible
+    part when that is at least `min_visible` of its area before the crop; below, its mask
+    is emptied (its pixels stay, unlabelled) and the pipeline drops it with those left with
+    no pixel."""
+    seed = tf.cast(seed, tf.int64)
+    s = tf.random.experimental.stateless_split(seed, 2)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     ch, cw = tf.minimum(h, crop), tf.minimum(w, crop)
     oy = tf.random.stateless_uniform((), seed=s[0], minval=0, maxval=h - ch + 1, dtype=tf.int32)
     ox = tf.random.stateless_uniform((), seed=s[1], minval=0, maxval=w - cw + 1, dtype=tf.int32)
-    return image[oy:oy + ch, ox:ox + cw], masks[oy:oy + ch, ox:ox + cw]
+    areas = tf.reduce_sum(masks, axis=[0, 1])  # [K]
+    if object_fraction > 0.0:
+        extra = tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(seed, 1), 2)
+        present = areas > 0.0
+        pick = tf.argmax(tf.where(present, _u(extra[0], shape=tf.shape(areas)), -1.0),
+                         output_type=tf.int32)
+        y1, x1, y2, x2 = _box_of(tf.gather(masks, pick, axis=2))
+        u = _u(extra[1], shape=[3])
+        oy_obj = _offset_over(y1, y2, ch, h, u[0])
+        ox_obj = _offset_over(x1, x2, cw, w, u[1])
+        use = tf.logical_and(u[2] < object_fraction, tf.reduce_any(present))
+        oy, ox = tf.where(use, oy_obj, oy), tf.where(use, ox_obj, ox)
+    image, masks = image[oy:oy + ch, ox:ox + cw], masks[oy:oy + ch, ox:ox + cw]
+    if min_visible > 0.0:
+        visible = tf.reduce_sum(masks, axis=[0, 1])
+        keep = visible >= min_visible * areas
+        masks = masks * tf.cast(keep, masks.dtype)
+    return image, masks

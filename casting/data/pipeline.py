@@ -4,8 +4,11 @@ Per image: read and decode the file (in-graph), turn it by its EXIF orientation 
 annotation saw it (casting.images), fetch its masks from the record (one small
 `numpy_function`: masks are decoded from the annotation or RLE on demand), resize keeping
 the aspect so the longer side is `config.image_size` (in training, times a scale drawn from
-`config.train_scale_range`), augment (training), take a random `config.train_crop_size`
-square (training, when set or when the scale jitters), zero-pad bottom/right to a square, recompute boxes from the masks, drop instances that vanished,
+`config.train_scale_range`; with `config.train_native_scale` the image keeps its own pixel
+size instead), augment (training), take a random `config.train_crop_size` square (training,
+when set, when the scale jitters or at native scale; biased towards objects by
+`config.train_crop_object_fraction`, instances cut below `config.train_crop_min_visible` of
+their area dropped), zero-pad bottom/right to a square, recompute boxes from the masks, drop instances that vanished,
 pad to `config.max_gt_instances`. Parallel map, batch, prefetch.
 """
 
@@ -144,14 +147,20 @@ class _Geometry:
     jitter: bool
     augment: bool
     crop: bool
+    native: bool = False  # keep the image's own pixel size (times the jitter), then crop
+    object_fraction: float = 0.0
+    min_visible: float = 0.0
 
     @classmethod
     def of(cls, config, training: bool, seed: int) -> "_Geometry":
         size, crop = int(config.image_size), int(config.train_crop_size)
         scale_range = tuple(float(v) for v in config.train_scale_range)
         jitter = bool(training and scale_range != (1.0, 1.0))
+        native = bool(training and config.train_native_scale)
         return cls(size, crop if (training and crop) else size, seed, scale_range, jitter,
-                   bool(training and config.augment), bool(training and (crop or jitter)))
+                   bool(training and config.augment), bool(training and (crop or jitter or native)),
+                   native, float(config.train_crop_object_fraction),
+                   float(config.train_crop_min_visible))
 
     def apply(self, image, masks, counter):
         """image uint8 [h, w, 3], masks uint8 [h, w, K+1] -> (float32 [S, S, 3], bool
@@ -159,9 +168,9 @@ class _Geometry:
         height, width = tf.shape(image)[0], tf.shape(image)[1]
         # scale jitter and crops draw from their own seeds, so the augmentation of a run
         # without them is unchanged
-        target = self.size
+        target = tf.maximum(height, width) if self.native else self.size
         if self.jitter:
-            target = jittered_size(self.size, self.scale_range,
+            target = jittered_size(target, self.scale_range,
                                    tf.stack([tf.constant(self.seed + 7919, tf.int64), counter]))
         nh, nw, scale = resized_shape(height, width, target)
         image = _resize(tf.cast(image, tf.float32), nh, nw)
@@ -174,7 +183,8 @@ class _Geometry:
         if self.crop:
             image, masks = random_crop(
                 image, masks, self.out_size,
-                tf.stack([tf.constant(self.seed + 104729, tf.int64), counter]))
+                tf.stack([tf.constant(self.seed + 104729, tf.int64), counter]),
+                self.object_fraction, self.min_visible)
         size = self.out_size
         image = tf.ensure_shape(_pad(image, size), [size, size, 3])
         return image, _pad(masks, size) > 0.5, scale

@@ -31,10 +31,16 @@ def rpn_bbox_loss(match: tf.Tensor, targets: tf.Tensor, deltas: tf.Tensor) -> tf
     return _masked_mean(per_coord, mask)
 
 
-def mrcnn_class_loss(class_ids: tf.Tensor, logits: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
-    """Cross-entropy of ROI class logits [B, T, N] against `class_ids` [B, T] over valid ROIs."""
+def mrcnn_class_loss(class_ids: tf.Tensor, logits: tf.Tensor, valid: tf.Tensor,
+                     foreground_weight: float = 1.0) -> tf.Tensor:
+    """Cross-entropy of ROI class logits [B, T, N] against `class_ids` [B, T] over valid ROIs;
+    a weighted mean where ROIs of an object (class_ids > 0) weigh `foreground_weight`."""
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=class_ids, logits=logits)
-    return _masked_mean(ce, valid)
+    if foreground_weight == 1.0:
+        return _masked_mean(ce, valid)
+    weight = tf.where(class_ids > 0, tf.cast(foreground_weight, ce.dtype), 1.0)
+    weight *= tf.cast(valid, ce.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(ce * weight), tf.reduce_sum(weight))
 
 
 def mrcnn_bbox_loss(class_ids: tf.Tensor, targets: tf.Tensor, deltas: tf.Tensor,

@@ -160,7 +160,7 @@ class MaskRCNN(keras.Model):
             "rpn_class_loss": L.rpn_class_loss(match, rpn_logits),
             "rpn_bbox_loss": L.rpn_bbox_loss(match, rpn_target, rpn_deltas),
             "mrcnn_class_loss": L.mrcnn_class_loss(rois["class_ids"], class_logits,
-                                                   rois["valid"]),
+                                                   rois["valid"], cfg.roi_foreground_weight),
             "mrcnn_bbox_loss": L.mrcnn_bbox_loss(rois["class_ids"], rois["deltas"], deltas,
                                                  rois["positive"]),
             "mrcnn_mask_loss": L.mrcnn_mask_loss(pos_classes, targets, mask_logits,

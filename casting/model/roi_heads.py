@@ -103,7 +103,8 @@ def sample_rois(proposals: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tens
                 seed: tf.Tensor | None = None):
     """Choose the ROIs the heads train on, with their targets.
 
-    The ground-truth boxes join the proposals as candidates. The first
+    The ground-truth boxes join the proposals as candidates, with `roi_gt_jitter` moved
+    copies of each (`ops.jitter_boxes`; those below IoU 0.5 become negatives). The first
     P = round(train_rois_per_image * roi_positive_ratio) slots hold positives (IoU >= 0.5 with
     a ground truth), the rest negatives; slots left empty are marked invalid.
 
@@ -113,7 +114,13 @@ def sample_rois(proposals: tf.Tensor, gt_boxes: tf.Tensor, gt_class_ids: tf.Tens
     """
     total = config.train_rois_per_image
     num_pos = num_positive_slots(config)
-    candidates = tf.concat([proposals, gt_boxes], axis=1)  # [B, R + N, 4]
+    extra = [gt_boxes]
+    if config.roi_gt_jitter > 0:
+        # moved copies of every ground-truth box: more positive slots for small objects,
+        # which few proposals reach at IoU 0.5
+        extra.append(ops.jitter_boxes(gt_boxes, config.roi_gt_jitter,
+                                      seed=sub_seed(seed, 5)))
+    candidates = tf.concat([proposals] + extra, axis=1)  # [B, R + N (1 + J), 4]
     candidate_ok = ops.box_area(candidates) > 0.0
     valid_gt = gt_class_ids > 0
     iou = ops.pairwise_iou(candidates, gt_boxes)

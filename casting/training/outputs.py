@@ -23,7 +23,9 @@ def evaluate(job, epoch: int, final: bool):
         job.model, job.val_records.records, job.config.class_names,
         max_images=hp.eval_max_images, should_stop=job.terminate.is_set,
         keep_images=hp.overlays if final else 0, min_confidence=hp.eval_min_confidence,
-        policy=job.policy)
+        policy=job.policy,
+        # a model trained on crops at native scale sees frames by tiles of its input size
+        tile="on" if job.config.train_native_scale else None)
     print(format_eval_line({"epoch": epoch, **flat_metrics(metrics)}), flush=True)
     return metrics, kept
 

@@ -170,7 +170,8 @@ def test_scale_jitter_and_crops_keep_masks_boxes_and_image_aligned(tmp_path):
     evaluation batches stay whole at image_size."""
     ds = _make_ds(str(tmp_path), n=4, h=128, w=128)
     cfg = Config(class_names=("a", "b"), image_size=128, max_gt_instances=4, batch_size=2,
-                 seed=5, augment=False, train_crop_size=64, train_scale_range=(0.5, 1.5))
+                 seed=5, augment=False, train_crop_size=64, train_scale_range=(0.5, 1.5),
+                 train_crop_min_visible=0.0)  # every visible part kept: bright == labelled
     bright_fractions, counts = [], []
     for b in make_dataset(ds, cfg, training=True).take(12):
         _check_batch_contract(b, 64, 4)  # boxes are the masks' boxes, padding is empty
@@ -199,3 +200,57 @@ def test_crop_and_scale_settings_are_checked():
         Config(image_size=128, train_crop_size=100)
     with pytest.raises(ValueError, match="train_scale_range"):
         Config(train_scale_range=(1.2, 0.8))
+
+
+def test_crops_drop_instances_cut_below_the_visible_fraction():
+    """random_crop: an instance cut to less than min_visible of its area is emptied (the
+    pipeline then drops it); one kept is exactly the crop of its mask, aligned with the
+    image crop."""
+    from casting.data.augment import random_crop
+
+    masks = np.zeros((100, 100, 2), np.float32)
+    masks[35:75, 35:75, 0] = 1.0  # 1600 px
+    image = np.repeat(np.arange(100, dtype=np.float32)[None, :, None], 100, 0)
+    image = np.repeat(image + 100 * np.arange(100, dtype=np.float32)[:, None, None], 3, 2)
+    kept = dropped = 0
+    for s in range(40):
+        crop_img, crop_masks = random_crop(tf.constant(image), tf.constant(masks), 50,
+                                           tf.constant([s, 3], tf.int64), 0.0, 0.25)
+        crop_img, crop_masks = crop_img.numpy(), crop_masks.numpy()
+        oy, ox = int(crop_img[0, 0, 0]) // 100, int(crop_img[0, 0, 0]) % 100
+        window = masks[oy:oy + 50, ox:ox + 50, 0]
+        assert crop_img.shape == (50, 50, 3) and crop_img[0, 0, 0] == 100 * oy + ox
+        if window.sum() >= 0.25 * 1600:
+            np.testing.assert_array_equal(crop_masks[..., 0], window)
+            kept += 1
+        else:
+            assert not crop_masks[..., 0].any()
+            dropped += window.sum() > 0
+    assert kept and dropped  # both cases happened
+
+
+def test_native_scale_crops_find_a_small_object_in_a_large_frame(tmp_path):
+    """train_native_scale: a 256-px frame is not shrunk to image_size 64; crops of 64 keep
+    a 12x12 object at its own 144 px. With train_crop_object_fraction 1 every crop holds
+    it; with 0 most crops of the frame hold nothing."""
+    m = np.zeros((256, 256), bool)
+    m[200:212, 30:42] = True
+    img = np.zeros((256, 256, 3), np.uint8)
+    img[m] = 255
+    path = os.path.join(str(tmp_path), "frame.png")
+    Image.fromarray(img).save(path)
+    ds = DatasetRecords(("a",), [Record("f", path, 256, 256, instances=[Instance(1, m)])])
+
+    def crops(fraction):
+        cfg = Config(class_names=("a",), image_size=64, max_gt_instances=2, batch_size=2,
+                     seed=1, augment=False, train_native_scale=True,
+                     train_crop_object_fraction=fraction)
+        return list(make_dataset(ds, cfg, training=True).take(8))
+
+    for b in crops(1.0):
+        _check_batch_contract(b, 64, 2)
+        np.testing.assert_array_equal(b["num_instances"].numpy(), [1, 1])
+        np.testing.assert_array_equal(b["gt_masks"].numpy()[:, 0].sum(axis=(1, 2)), [144, 144])
+    assert sum(int(b["num_instances"].numpy().sum()) for b in crops(0.0)) < 8
+    with pytest.raises(ValueError, match="train_crop_min_visible"):
+        Config(train_crop_min_visible=1.5)

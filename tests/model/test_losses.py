@@ -61,3 +61,17 @@ def test_losses_are_zero_not_nan_without_positives():
                                  tf.ones([1, 2, 4]))) == 0.0
     assert float(L.mrcnn_mask_loss(tf.constant([[0]]), tf.zeros([1, 1, 2, 2]),
                                    tf.zeros([1, 1, 2, 2, 2]), tf.constant([[False]]))) == 0.0
+
+
+def test_mrcnn_class_loss_weighs_object_rois():
+    """foreground_weight: a weighted mean in which an object's ROIs count w times."""
+    ids = tf.constant([[2, 0, 0, 0]])
+    logits = tf.constant([[[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    valid = tf.constant([[True, True, True, False]])
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=ids, logits=logits).numpy()[0]
+    plain = float(L.mrcnn_class_loss(ids, logits, valid))
+    assert plain == pytest.approx(ce[:3].mean(), rel=1e-6)
+    weighted = float(L.mrcnn_class_loss(ids, logits, valid, foreground_weight=4.0))
+    assert weighted == pytest.approx((4 * ce[0] + ce[1] + ce[2]) / 6, rel=1e-6)
+    none = tf.zeros_like(valid)
+    assert float(L.mrcnn_class_loss(ids, logits, none, foreground_weight=4.0)) == 0.0

@@ -110,3 +110,41 @@ def test_mask_rois_per_image_caps_the_mask_heads_rois_with_a_random_subset():
         assert pos["rois"].shape == (5, 4)  # the cap, not the 32 positives
         picked.append(sorted(map(tuple, pos["rois"].numpy().round(2).tolist())))
     assert picked[0] != picked[1] or picked[1] != picked[2]  # a random subset, per seed
+
+
+def test_jittered_ground_truth_fills_the_positive_slots_of_a_small_object():
+    """roi_gt_jitter: a small object that no proposal reaches gets moved copies of its box as
+    positive ROIs (it had only its own box), each matched to it, with deltas back to it."""
+    import pytest
+
+    from casting.config import Config, ConfigError
+    from casting.model import ops
+    from casting.model.roi_heads import sample_rois
+
+    gt = tf.constant([[[20.0, 30.0, 32.0, 42.0], [0.0, 0.0, 0.0, 0.0]]])  # a 12-px chip, padding
+    classes = tf.constant([[3, 0]])
+    far = tf.constant([[[100.0, 100.0, 140.0, 140.0]] * 20])  # proposals that miss it
+    seed = tf.constant([3, 1])
+
+    copies = ops.jitter_boxes(gt, 6, seed=seed)
+    assert copies.shape == (1, 12, 4)
+    iou = ops.pairwise_iou(copies[0, 0::2], gt[0, :1]).numpy()
+    assert (iou >= 0.6).all() and (iou < 1.0).all()  # moved, and still the object
+    np.testing.assert_array_equal(copies[0, 1::2].numpy(), 0.0)  # padding stays empty
+
+    def positives(cfg):
+        rois = sample_rois(far, gt, classes, cfg, seed=seed)
+        pos = rois["positive"].numpy()[0]
+        return rois, pos
+
+    _, plain = positives(Config(train_rois_per_image=16, roi_positive_ratio=0.5))
+    assert plain.sum() == 1  # the ground-truth box alone
+    cfg = Config(train_rois_per_image=16, roi_positive_ratio=0.5, roi_gt_jitter=6)
+    rois, pos = positives(cfg)
+    assert pos.sum() == 7
+    np.testing.assert_array_equal(rois["class_ids"].numpy()[0][pos], 3)
+    np.testing.assert_array_equal(rois["gt_index"].numpy()[0][pos], 0)
+    back = ops.decode_boxes(rois["deltas"][0][pos], rois["rois"][0][pos], cfg.bbox_std_dev)
+    np.testing.assert_allclose(back.numpy(), np.repeat(gt[0, :1].numpy(), 7, 0), atol=1e-3)
+    with pytest.raises(ConfigError, match="roi_gt_jitter"):
+        Config(roi_gt_jitter=-1)
