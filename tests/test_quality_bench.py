@@ -188,6 +188,7 @@ def test_peer_without_its_venv_fails_before_training(tmp_path, monkeypatch, caps
 
 
 # ---- end to end ----------------------------------------------------------------------------
+@pytest.mark.slow(seconds=45)
 def test_two_steps_end_to_end_with_a_saved_peer_log(tmp_path):
     train = _synthetic(tmp_path / "train", count=4, seed=3)
     test = _synthetic(tmp_path / "test", count=2, seed=4)
