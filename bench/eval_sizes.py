@@ -55,6 +55,19 @@ def score(model, ds, tile=None) -> dict:
     }
 
 
+def figures(r: dict, bbox_per_class: bool = False) -> str:
+    """`key=value` text of a `score` result ("nan" where COCO had nothing to score): segm
+    AP / AP50 / defect mean / per class, then bbox AP50 (overall, or per class)."""
+    fmt = lambda v: "nan" if v is None else f"{v:.3f}"  # noqa: E731
+    per_class = " ".join(f"{c}_AP50={fmt(v)}" for c, v in r["segm_AP50_per_class"].items())
+    ap = " ".join(f"{c}_AP={fmt(v)}" for c, v in r["segm_AP_per_class"].items())
+    box = (" ".join(f"{c}_bbox_AP50={fmt(v)}" for c, v in r["bbox_AP50_per_class"].items())
+           if bbox_per_class else f"bbox_AP50={fmt(r['bbox_AP50'])}")
+    return (f"segm_AP={fmt(r['segm_AP'])} segm_AP50={fmt(r['segm_AP50'])} "
+            f"defect_segm_AP50={fmt(r['defect_segm_AP50'])} {per_class} {ap} {box} "
+            f"dets_per_img={r['dets_per_img']:.1f} s_per_image={r['s_per_image']:.2f}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from casting.config import Config
@@ -69,14 +82,7 @@ def main(argv=None) -> int:
         model = MaskRCNN(config.replace(image_size=size))
         model.load_weights(os.path.join(args.model, WEIGHTS_FILE))
         results[size] = r = score(model, ds)
-        fmt = lambda v: "nan" if v is None else f"{v:.3f}"  # noqa: E731
-        per_class = " ".join(f"{c}_AP50={fmt(v)}" for c, v in r["segm_AP50_per_class"].items())
-        ap = " ".join(f"{c}_AP={fmt(v)}" for c, v in r["segm_AP_per_class"].items())
-        print(f"eval_sizes size={size} segm_AP={fmt(r['segm_AP'])} "
-              f"segm_AP50={fmt(r['segm_AP50'])} defect_segm_AP50={fmt(r['defect_segm_AP50'])} "
-              f"{per_class} {ap} bbox_AP50={fmt(r['bbox_AP50'])} "
-              f"dets_per_img={r['dets_per_img']:.1f} s_per_image={r['s_per_image']:.2f}",
-              flush=True)
+        print(f"eval_sizes size={size} {figures(r)}", flush=True)
     if args.out:
         from casting.files import write_atomic
 

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from eval_sizes import score  # noqa: E402
+from eval_sizes import figures, score  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -86,16 +86,6 @@ def make_frames(ds, grid: int, out_dir: str):
     return DatasetRecords(ds.class_names, frames)
 
 
-def _line(way: str, r: dict) -> str:
-    fmt = lambda v: "nan" if v is None else f"{v:.3f}"  # noqa: E731
-    per_class = " ".join(f"{c}_AP50={fmt(v)}" for c, v in r["segm_AP50_per_class"].items())
-    ap = " ".join(f"{c}_AP={fmt(v)}" for c, v in r["segm_AP_per_class"].items())
-    box = " ".join(f"{c}_bbox_AP50={fmt(v)}" for c, v in r["bbox_AP50_per_class"].items())
-    return (f"tiles way={way} segm_AP={fmt(r['segm_AP'])} segm_AP50={fmt(r['segm_AP50'])} "
-            f"defect_segm_AP50={fmt(r['defect_segm_AP50'])} {per_class} {ap} {box} "
-            f"dets_per_img={r['dets_per_img']:.1f} s_per_image={r['s_per_image']:.2f}")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from casting import tiling
@@ -126,11 +116,10 @@ def main(argv=None) -> int:
     model.load_weights(os.path.join(args.model, WEIGHTS_FILE))
     results = {"native": score(model, used), "resize": score(model, frames),
                "tiles": score(model, frames, tile=args.tile)}
-    names = [c for c in config.class_names]
     print(f"{'figure':<22}" + "".join(f"{w:>10}" for w in results))
     for key, label in (("segm_AP50_per_class", "segm AP50"), ("segm_AP_per_class", "segm AP"),
                        ("bbox_AP50_per_class", "bbox AP50")):
-        for c in names:
+        for c in config.class_names:
             cells = [results[w][key].get(c) for w in results]
             print(f"{label + ' ' + c:<22}" + "".join(
                 f"{'-' if v is None else f'{v:.3f}':>10}" for v in cells))
@@ -139,7 +128,7 @@ def main(argv=None) -> int:
             f"{'-' if results[w][key] is None else f'{results[w][key]:.3f}':>10}"
             for w in results))
     for way, r in results.items():
-        print(_line(way, r), flush=True)
+        print(f"tiles way={way} {figures(r, bbox_per_class=True)}", flush=True)
     if args.out:
         from casting.files import write_atomic
 

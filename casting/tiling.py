@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -172,7 +173,9 @@ class Piece:
     x0: int
     cut: bool = False  # touches a tile border inside the frame
 
-    area = property(lambda self: int(np.count_nonzero(self.mask)))
+    @cached_property
+    def area(self) -> int:  # counted once: merging compares every pair (masks never change)
+        return int(np.count_nonzero(self.mask))
 
 
 def pieces_from_tile(det: dict[str, Any], window: tuple[int, int, int, int], height: int,

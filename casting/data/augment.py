@@ -105,15 +105,16 @@ def jittered_size(size: int, scale_range, seed) -> tf.Tensor:
     return tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * s), tf.int32))
 
 
-def _box_of(mask):
-    """Bounding box (y1, x1, y2, x2) int32, far ends exclusive, of mask [h, w] (float 0/1,
-    not empty)."""
-    rows = tf.cast(tf.reduce_any(mask > 0.5, axis=1), tf.int32)
-    cols = tf.cast(tf.reduce_any(mask > 0.5, axis=0), tf.int32)
-    y1, x1 = tf.argmax(rows, output_type=tf.int32), tf.argmax(cols, output_type=tf.int32)
-    y2 = tf.shape(mask)[0] - tf.argmax(tf.reverse(rows, [0]), output_type=tf.int32)
-    x2 = tf.shape(mask)[1] - tf.argmax(tf.reverse(cols, [0]), output_type=tf.int32)
-    return y1, x1, y2, x2
+def mask_boxes(masks):
+    """Boxes (y1, x1, y2, x2) int32 [K, 4], far ends exclusive, of masks [H, W, K] bool (an
+    empty mask gives a meaningless box: callers drop those by area)."""
+    rows = tf.cast(tf.reduce_any(masks, axis=1), tf.int32)  # [H, K]
+    cols = tf.cast(tf.reduce_any(masks, axis=0), tf.int32)  # [W, K]
+    y1 = tf.argmax(rows, axis=0, output_type=tf.int32)
+    y2 = tf.shape(masks)[0] - tf.argmax(tf.reverse(rows, [0]), axis=0, output_type=tf.int32)
+    x1 = tf.argmax(cols, axis=0, output_type=tf.int32)
+    x2 = tf.shape(masks)[1] - tf.argmax(tf.reverse(cols, [0]), axis=0, output_type=tf.int32)
+    return tf.stack([y1, x1, y2, x2], axis=1)
 
 
 def _offset_over(lo, hi, window, length, u):
@@ -148,7 +149,7 @@ def random_crop(image, masks, crop: int, seed, object_fraction: float = 0.0,
         present = areas > 0.0
         pick = tf.argmax(tf.where(present, _u(extra[0], shape=tf.shape(areas)), -1.0),
                          output_type=tf.int32)
-        y1, x1, y2, x2 = _box_of(tf.gather(masks, pick, axis=2))
+        y1, x1, y2, x2 = tf.unstack(tf.gather(mask_boxes(masks > 0.5), pick))
         u = _u(extra[1], shape=[3])
         oy_obj = _offset_over(y1, y2, ch, h, u[0])
         ox_obj = _offset_over(x1, x2, cw, w, u[1])

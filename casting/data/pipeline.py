@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from casting.data.augment import augment as _augment
-from casting.data.augment import jittered_size, random_crop
+from casting.data.augment import jittered_size, mask_boxes, random_crop
 from casting.data.records import DatasetRecords
 from casting.data.sampling import index_stream, repeat_factors
 from casting.images import orient_tensor
@@ -83,16 +83,7 @@ def preprocess_image(image, size: int):
 
 def _boxes_from_masks(masks):
     """masks [S, S, K] bool -> boxes float32 [K, 4] (y1, x1, y2, x2 exclusive), areas [K]."""
-    size = tf.shape(masks)[0]
-    rows = tf.reduce_any(masks, axis=1)  # [S, K]
-    cols = tf.reduce_any(masks, axis=0)  # [S, K]
-    y1 = tf.argmax(tf.cast(rows, tf.int32), axis=0, output_type=tf.int32)
-    y2 = size - tf.argmax(tf.cast(tf.reverse(rows, [0]), tf.int32), axis=0,
-                          output_type=tf.int32)
-    x1 = tf.argmax(tf.cast(cols, tf.int32), axis=0, output_type=tf.int32)
-    x2 = size - tf.argmax(tf.cast(tf.reverse(cols, [0]), tf.int32), axis=0,
-                          output_type=tf.int32)
-    boxes = tf.cast(tf.stack([y1, x1, y2, x2], axis=1), tf.float32)
+    boxes = tf.cast(mask_boxes(masks), tf.float32)
     areas = tf.reduce_sum(tf.cast(masks, tf.int32), axis=[0, 1])
     return boxes, areas
 

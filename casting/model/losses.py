@@ -11,6 +11,7 @@ from casting.model import ops
 
 
 def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean of `values` over `mask` (boolean, or float weights: a weighted mean)."""
     mask = tf.cast(mask, values.dtype)
     return tf.math.divide_no_nan(tf.reduce_sum(values * mask), tf.reduce_sum(mask))
 
@@ -36,11 +37,8 @@ def mrcnn_class_loss(class_ids: tf.Tensor, logits: tf.Tensor, valid: tf.Tensor,
     """Cross-entropy of ROI class logits [B, T, N] against `class_ids` [B, T] over valid ROIs;
     a weighted mean where ROIs of an object (class_ids > 0) weigh `foreground_weight`."""
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=class_ids, logits=logits)
-    if foreground_weight == 1.0:
-        return _masked_mean(ce, valid)
     weight = tf.where(class_ids > 0, tf.cast(foreground_weight, ce.dtype), 1.0)
-    weight *= tf.cast(valid, ce.dtype)
-    return tf.math.divide_no_nan(tf.reduce_sum(ce * weight), tf.reduce_sum(weight))
+    return _masked_mean(ce, tf.cast(valid, ce.dtype) * weight)  # a weighted mean
 
 
 def mrcnn_bbox_loss(class_ids: tf.Tensor, targets: tf.Tensor, deltas: tf.Tensor,

@@ -95,13 +95,8 @@ def jitter_boxes(boxes: tf.Tensor, copies: int, spread: float = 0.1,
         noise = tf.random.uniform(shape, -spread, spread, dtype=boxes.dtype)
     else:
         noise = tf.random.stateless_uniform(shape, seed, -spread, spread, dtype=boxes.dtype)
-    h = tiled[..., 2] - tiled[..., 0]
-    w = tiled[..., 3] - tiled[..., 1]
-    cy = tiled[..., 0] + 0.5 * h + noise[..., 0] * h
-    cx = tiled[..., 1] + 0.5 * w + noise[..., 1] * w
-    h = h * tf.exp(noise[..., 2])
-    w = w * tf.exp(noise[..., 3])
-    return tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
+    # the noise is a delta (dy, dx, log dh, log dw) with unit std-dev
+    return decode_boxes(noise, tiled, (1.0, 1.0, 1.0, 1.0))
 
 
 def smooth_l1(diff: tf.Tensor, beta: float = 1.0) -> tf.Tensor:
