@@ -11,6 +11,8 @@ mask head (min confidence 0 so that a randomly initialised model fills them), 28
 
     python bench/model_speed.py                 # ours + peers, 10 timed steps each
     python bench/model_speed.py --skip-peers    # ours only
+    python bench/model_speed.py --skip-peers --precision float32,mixed_bfloat16,mixed_float16
+                                                # ours in each precision (casting.precision)
 Each measurement runs in its own process, so peak RSS is its own.
 """
 
@@ -58,7 +60,8 @@ class _Contention:
         return False
 
 
-def measure_ours(mode: str, steps: int, warmup: int, size: int, rpn_channels: int) -> dict:
+def measure_ours(mode: str, steps: int, warmup: int, size: int, rpn_channels: int,
+                 precision: str = "float32") -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
     import tensorflow as tf
@@ -68,7 +71,7 @@ def measure_ours(mode: str, steps: int, warmup: int, size: int, rpn_channels: in
     from casting.model import MaskRCNN
 
     config = Config(image_size=size, rpn_conv_channels=rpn_channels, batch_size=2,
-                    detection_min_confidence=0.0)
+                    detection_min_confidence=0.0, precision=precision)
     t = time.perf_counter()
     model = MaskRCNN(config)
     out = {"build_s": time.perf_counter() - t,
@@ -146,10 +149,10 @@ def run_json(cmd: list[str], tag: str, timeout: int) -> dict | None:
     return None
 
 
-def ours_subprocess(mode, args) -> dict | None:
+def ours_subprocess(mode, args, precision="float32") -> dict | None:
     cmd = [sys.executable, os.path.abspath(__file__), "--_ours", mode, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--size", str(args.size),
-           "--rpn-channels", str(args.rpn_channels)]
+           "--rpn-channels", str(args.rpn_channels), "--precision", precision]
     return run_json(cmd, "ours", args.timeout)
 
 
@@ -161,6 +164,9 @@ def main():
     p.add_argument("--rpn-channels", type=int, default=256,
                    help="RPN conv width (256 like the peers; matterport used 512)")
     p.add_argument("--skip-peers", action="store_true")
+    p.add_argument("--precision", default="float32",
+                   help="ours in each of these precisions, comma-separated: float32, "
+                   "mixed_float16, mixed_bfloat16 (float32); the first is compared with the peers")
     p.add_argument("--torch-python", default="/tmp/venv-torch/bin/python")
     p.add_argument("--tfm-python", default="/tmp/venv-tfm/bin/python")
     p.add_argument("--timeout", type=int, default=1800, help="per measurement, seconds")
@@ -168,13 +174,19 @@ def main():
     p.add_argument("--_ours", choices=["infer", "train"], help=argparse.SUPPRESS)
     args = p.parse_args()
 
+    precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
     if args._ours:
         print("ours json=" + json.dumps(measure_ours(args._ours, args.steps, args.warmup,
-                                                     args.size, args.rpn_channels)), flush=True)
+                                                     args.size, args.rpn_channels,
+                                                     precisions[0])), flush=True)
         return
 
-    results = {"ours_infer": ours_subprocess("infer", args),
-               "ours_train": ours_subprocess("train", args)}
+    results = {"ours_infer": ours_subprocess("infer", args, precisions[0]),
+               "ours_train": ours_subprocess("train", args, precisions[0]),
+               "precision": precisions[0]}
+    for other in precisions[1:]:
+        results[f"ours_infer_{other}"] = ours_subprocess("infer", args, other)
+        results[f"ours_train_{other}"] = ours_subprocess("train", args, other)
     if not args.skip_peers:
         common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--size", str(args.size)]
         tv = os.path.join(SHARED_BENCH, "torchvision_maskrcnn.py")
@@ -206,8 +218,18 @@ def _get(d, *keys):
 
 def report(results):
     oi, ot = results.get("ours_infer") or {}, results.get("ours_train") or {}
-    rows = [("ours (Keras 3 / TF 2.21)", _get(oi, "detect", "median"), _get(ot, "train", "median"),
-             oi.get("peak_rss_mb"), ot.get("peak_rss_mb"), oi.get("detections"))]
+    first = results.get("precision", "float32")
+    rows = [(f"ours (Keras 3 / TF 2.21, {first})", _get(oi, "detect", "median"),
+             _get(ot, "train", "median"), oi.get("peak_rss_mb"), ot.get("peak_rss_mb"),
+             oi.get("detections"))]
+    others = []
+    for key in results:
+        if key.startswith("ours_infer_"):
+            other = key[len("ours_infer_"):]
+            pi, pt = results[key] or {}, results.get(f"ours_train_{other}") or {}
+            others.append((f"ours ({other})", _get(pi, "detect", "median"),
+                           _get(pt, "train", "median"), pi.get("peak_rss_mb"),
+                           pt.get("peak_rss_mb"), pi.get("detections")))
     tv = results.get("torchvision") or {}
     if tv:
         rows.append(("torchvision 0.28", _get(tv, "infer", "median"), _get(tv, "train", "median"),
@@ -225,13 +247,17 @@ def report(results):
     print()
     print("| model | infer s/img (b=1) | train s/step (b=2) | infer peak MB | train peak MB | detections |")
     print("|---|---|---|---|---|---|")
-    for name, inf, tr, mi, mt, nd in rows:
+    for name, inf, tr, mi, mt, nd in rows[:1] + others + rows[1:]:
         print(f"| {name} | {f(inf)} | {f(tr)} | {f(mi, '{:.0f}')} | {f(mt, '{:.0f}')} | {f(nd, '{}')} |")
     if oi:
         print(f"\nours, graph only (no mask pasting): {f(_get(oi, 'graph', 'median'))} s/img; "
               f"contention (other processes' cores while timing): infer {f(oi.get('contention'), '{:.2f}')}, "
               f"train {f(ot.get('contention'), '{:.2f}')}")
     base = rows[0]
+    for name, inf, tr, *_ in others:
+        ri = inf / base[1] if base[1] and inf else None
+        rt = tr / base[2] if base[2] and tr else None
+        print(f"{name} / ours ({first}): inference {f(ri, '{:.2f}')}, training {f(rt, '{:.2f}')}")
     for name, inf, tr, *_ in rows[1:]:
         ri = base[1] / inf if base[1] and inf else None
         rt = base[2] / tr if base[2] and tr else None

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from casting.files import write_atomic
+from casting.precision import PRECISIONS
 
 DEFAULT_CLASS_NAMES = ("disk", "holes", "chipping", "deburring")
 LAYER_GROUPS = ("heads", "3+", "4+", "5+", "all")
 NORMS = ("batch", "group")
+# the parts casting.model.xla can compile
+XLA_PARTS = ("backbone", "box_head")
 LR_DECAYS = ("none", "cosine")
 LOSS_NAMES = (
     "rpn_class_loss",
@@ -55,6 +58,12 @@ class Config:
     # "batch": BatchNorm (frozen unless train_bn); "group": GroupNorm (32 groups) in the
     # backbone and heads, trained, for training from random weights at small batches.
     norm: str = "batch"
+    # The dtype policy the layers compute in (casting.precision): float32, mixed_float16
+    # (with loss scaling) or mixed_bfloat16. train.py's --precision auto picks it by GPU.
+    precision: str = "float32"
+    # Parts compiled by XLA (XLA_PARTS: "backbone", "box_head"); none by
+    # default: on CPU neither pays (docs/training.md, "Precision and XLA").
+    xla: tuple[str, ...] = ()
 
     # ---- anchors + RPN ---------------------------------------------------------------
     backbone_strides: tuple[int, ...] = (4, 8, 16, 32, 64)
@@ -184,6 +193,12 @@ class Config:
             raise ConfigError(f"lr_decay must be one of {LR_DECAYS}, not {self.lr_decay!r}")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, not {self.norm!r}")
+        unknown = [part for part in self.xla if part not in XLA_PARTS]
+        if unknown:
+            raise ConfigError(f"xla parts must be among {XLA_PARTS}, not {unknown}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, not {self.precision!r}"
+                              " (train.py's --precision also takes auto)")
         if self.image_size % 64 != 0 or self.image_size < 64:
             raise ConfigError(f"image_size must be a multiple of 64 (>= 64), not {self.image_size}")
         if self.train_crop_size and (self.train_crop_size % 64 != 0

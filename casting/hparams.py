@@ -115,6 +115,11 @@ SPECS: tuple[Spec, ...] = (
     _s("norm", to_str, None, "Normalisation in the backbone and heads: 'batch' (BatchNorm, "
        "frozen unless train_bn) or 'group' (GroupNorm, 32 groups, trained; for training "
        "from random weights). Default: group with --init-weights none, else batch."),
+    _s("precision", to_str, "auto", "What the layers compute in: float32, mixed_float16 "
+       "(float16 with dynamic loss scaling), mixed_bfloat16, or auto: bfloat16 on a GPU of "
+       "compute capability 8.0 or later (A10G, A100, L4, H100), float16 on 7.x (T4, V100), "
+       "float32 otherwise and without a GPU. Variables, losses, boxes and NMS stay float32; "
+       "the model folder serves in float32 (docs/training.md, Precision)."),
     _s("repeat_threshold", to_float, None, "Repeat-factor sampling: images holding a class "
        "found in fewer than this fraction of the images are repeated (LVIS rule, "
        "sqrt(t / f)); 0 turns it off. Default 0."),
@@ -270,6 +275,12 @@ def parse_hyperparameters(argv: Sequence[str] | None = None) -> Hyperparameters:
         except ValueError as exc:
             flag = "--" + spec.name.replace("_", "-")
             raise HyperparameterError(f"{flag}: {exc}") from None
+    from casting.precision import CHOICES as PRECISION_CHOICES
+
+    values["precision"] = str(values["precision"]).lower()
+    if values["precision"] not in PRECISION_CHOICES:
+        raise HyperparameterError(f"--precision must be one of {list(PRECISION_CHOICES)}, "
+                                  f"not {values['precision']!r}")
     if values["on_data_error"] not in ("raise", "skip"):
         raise HyperparameterError(
             f"--on-data-error must be 'raise' or 'skip', not {values['on_data_error']!r}")

@@ -32,9 +32,12 @@ class ModelDirError(RuntimeError):
 def export_saved_model(model, path: str) -> None:
     """Write a TF SavedModel with a `serve` endpoint:
     (images [B, S, S, 3] float32 RGB 0-255 padded, image_info [B, 4]) -> detections dict
-    (boxes in model pixels, masks box-relative; see MaskRCNN.infer)."""
+    (boxes in model pixels, masks box-relative; see MaskRCNN.infer). A model trained in
+    mixed precision is exported from a float32 copy of its weights, so the SavedModel
+    computes in float32 and serves on any CPU."""
     import keras
 
+    model = float32_twin(model)
     size = model.config.image_size
     conf = float(model.config.detection_min_confidence)
     archive = keras.export.ExportArchive()
@@ -46,6 +49,18 @@ def export_saved_model(model, path: str) -> None:
                          tf.TensorSpec([None, 4], tf.float32, name="image_info")],
     )
     archive.write_out(path, verbose=False)
+
+
+def float32_twin(model):
+    """The model itself when it computes in float32, else a float32 copy of it (the
+    weights are float32 under every policy: they copy exactly)."""
+    if model.config.precision == "float32":
+        return model
+    from casting.model.maskrcnn import MaskRCNN
+
+    twin = MaskRCNN(model.config.replace(precision="float32"))
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def save_model_dir(model, path: str, saved_model: bool = True) -> None:
@@ -67,8 +82,12 @@ def save_model_dir(model, path: str, saved_model: bool = True) -> None:
     model.config.save(os.path.join(path, CONFIG_FILE))
 
 
-def load_model_dir(path: str):
-    """Build a MaskRCNN from a model folder and load its weights."""
+def load_model_dir(path: str, precision: str | None = "float32"):
+    """Build a MaskRCNN from a model folder and load its weights.
+
+    It computes in `precision`: float32 by default, whatever the model trained in (its
+    config.json records that); None: the precision it trained in (mixed precision needs a
+    GPU to pay)."""
     from casting.model.maskrcnn import MaskRCNN
 
     config_path = os.path.join(path, CONFIG_FILE)
@@ -81,6 +100,8 @@ def load_model_dir(path: str):
         config = Config.load(config_path)
     except ConfigError as exc:
         raise ModelDirError(str(exc)) from exc
+    if precision is not None:
+        config = config.replace(precision=precision)
     model = MaskRCNN(config)
     try:
         model.load_weights(weights_path)

@@ -22,6 +22,8 @@ from casting.model.roi_heads import (
     refine_detections, sample_rois,
 )
 from casting.model.transform import paste_masks, resize_and_pad_tf, to_rgb
+from casting.model.xla import compiled
+from casting.precision import loss_scale, policy_scope, scaled_step_logs, wrap_optimizer
 
 _HEADS = r"(mrcnn_.*)|(rpn_.*)|(fpn_.*)"
 LAYER_REGEX = {
@@ -43,18 +45,25 @@ class MaskRCNN(keras.Model):
         if isinstance(config, dict):
             config = Config.from_dict(config)
         self.config = config
-        self.backbone_fpn = build_backbone_fpn(config)
-        self.rpn = rpn_lib.RPNHead(config.anchors_per_location, config.rpn_conv_channels,
-                                   name="rpn_model")
-        self.box_head = BoxHead(config.num_classes, config.fc_layers_size, config.pool_size,
-                                config.train_bn, config.norm, name="mrcnn_box_head")
-        self.mask_head = MaskHead(config.num_classes, config.fpn_channels,
-                                  config.mask_pool_size, config.train_bn, config.norm,
-                                  name="mrcnn_mask_head")
-        c = config.fpn_channels
-        self.rpn.build((None, None, None, c))
-        self.box_head.build((None, None, config.pool_size, config.pool_size, c))
-        self.mask_head.build((None, None, config.mask_pool_size, config.mask_pool_size, c))
+        # every layer computes in config.precision (casting.precision); variables, the
+        # heads' outputs, boxes, NMS and the losses stay float32
+        with policy_scope(config.precision):
+            self.backbone_fpn = build_backbone_fpn(config)
+            self.rpn = rpn_lib.RPNHead(config.anchors_per_location, config.rpn_conv_channels,
+                                       name="rpn_model")
+            self.box_head = BoxHead(config.num_classes, config.fc_layers_size,
+                                    config.pool_size, config.train_bn, config.norm,
+                                    name="mrcnn_box_head")
+            self.mask_head = MaskHead(config.num_classes, config.fpn_channels,
+                                      config.mask_pool_size, config.train_bn, config.norm,
+                                      name="mrcnn_mask_head")
+            c = config.fpn_channels
+            self.rpn.build((None, None, None, c))
+            self.box_head.build((None, None, config.pool_size, config.pool_size, c))
+            self.mask_head.build((None, None, config.mask_pool_size, config.mask_pool_size,
+                                  c))
+        self._backbone = compiled(self.backbone_fpn, "backbone" in config.xla)
+        self._box_head = compiled(self.box_head, "box_head" in config.xla)
         self.anchors = anchors_for_config(config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_NAMES}
         self.trainable_group = None
@@ -119,6 +128,7 @@ class MaskRCNN(keras.Model):
             optimizer = keras.optimizers.SGD(
                 learning_rate=self.config.learning_rate, momentum=self.config.momentum,
                 global_clipnorm=self.config.gradient_clip_norm or None)
+        optimizer = wrap_optimizer(optimizer, self.config.precision)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         self.optimizer.build(self.trainable_candidates())
 
@@ -129,7 +139,7 @@ class MaskRCNN(keras.Model):
     # ---- forward pieces ----------------------------------------------------------------
     def pyramid(self, images: tf.Tensor, training=False):
         mean = tf.constant(self.config.mean_pixel, tf.float32)
-        return self.backbone_fpn(tf.cast(images, tf.float32) - mean, training=training)
+        return self._backbone(tf.cast(images, tf.float32) - mean, training=training)
 
     def compute_losses(self, batch, training=False, seed=None) -> dict[str, tf.Tensor]:
         """The five losses of a batch. `seed` ([2] integers) makes the anchor and ROI
@@ -146,8 +156,8 @@ class MaskRCNN(keras.Model):
         proposals = rpn_lib.generate_proposals(rpn_logits, rpn_deltas, anchors, cfg,
                                                cfg.post_nms_rois_training, image_size=size)
         rois = sample_rois(proposals, gt_boxes, gt_class_ids, cfg, seed=seed)
-        class_logits, deltas = self.box_head(pool(pyramid, rois["rois"], cfg.pool_size),
-                                             training=training)
+        class_logits, deltas = self._box_head(pool(pyramid, rois["rois"], cfg.pool_size),
+                                              training=training)
         # The mask head trains on the positive ROIs that exist (at most mask_rois_per_image
         # of an image's), as one flat list [1, P].
         pos = positive_rois(rois, num_mask_slots(cfg))
@@ -215,13 +225,15 @@ class MaskRCNN(keras.Model):
         weights = self.config.loss_weights
         return tf.add_n([weights[n] * losses[n] for n in LOSS_NAMES]) + self.weight_decay_loss()
 
-    def _log(self, losses, total, grad_norm=None):
+    def _log(self, losses, total, grad_norm=None, scale=None):
         self.trackers["loss"].update_state(total)
         for name in LOSS_NAMES:
             self.trackers[name].update_state(losses[name])
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
         if grad_norm is not None:  # this step's, not a mean: the loop stops on a NaN
             logs["grad_norm"] = grad_norm
+        if scale is not None:
+            logs["loss_scale"] = scale
         if is_multi_worker():
             # Keras 3 averages the replicas' logs with strategy.reduce(MEAN, axis=0) across
             # workers, which rejects scalars (keras-team/keras#20585): give it shape [1].
@@ -253,9 +265,15 @@ class MaskRCNN(keras.Model):
         with tf.GradientTape() as tape:
             losses = self.compute_losses(data, training=True, seed=seed)
             total = self.total_loss(losses)
+            # float16: the loss times the loss scale, so small gradients do not underflow
+            # (the LossScaleOptimizer unscales them); otherwise the loss itself
+            scaled = self.optimizer.scale_loss(total)
         variables = self.trainable_variables
-        grads = tape.gradient(total, variables)
+        grads = tape.gradient(scaled, variables)
+        scale = loss_scale(self.optimizer)
         grad_norm = tf.linalg.global_norm([g for g in grads if g is not None])
+        if scale is not None:
+            grad_norm = grad_norm / scale
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if replicas > 1:
             # The optimizer sums the replicas' gradients: each replica contributes 1/N of
@@ -263,6 +281,8 @@ class MaskRCNN(keras.Model):
             # the update is the mean over the global batch with the same norm bound.
             clip = float(self.config.gradient_clip_norm or 0)
             if clip > 0:
+                if scale is not None:  # the same bound on the unscaled gradients
+                    clip = clip * scale
                 kept = [i for i, g in enumerate(grads) if g is not None]
                 clipped, _ = tf.clip_by_global_norm([grads[i] for i in kept], clip)
                 grads = list(grads)
@@ -271,7 +291,9 @@ class MaskRCNN(keras.Model):
             grads = [None if g is None else g / replicas for g in grads]
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None])
-        return self._log(losses, total, grad_norm)
+        if scale is None:
+            return self._log(losses, total, grad_norm)
+        return self._log(losses, total, *scaled_step_logs(grad_norm, loss_scale(self.optimizer)))
 
     def test_step(self, data):
         losses = self.compute_losses(data, training=False)
@@ -293,7 +315,7 @@ class MaskRCNN(keras.Model):
         rpn_logits, rpn_deltas = self.rpn(pyramid)
         proposals = rpn_lib.generate_proposals(rpn_logits, rpn_deltas, tf.constant(self.anchors),
                                                cfg, cfg.post_nms_rois_inference)
-        class_logits, deltas = self.box_head(pool(pyramid, proposals, cfg.pool_size))
+        class_logits, deltas = self._box_head(pool(pyramid, proposals, cfg.pool_size))
         info = tf.cast(image_info, tf.float32)
         zeros = tf.zeros_like(info[:, 0])
         windows = tf.stack([zeros, zeros, info[:, 0] * info[:, 2], info[:, 1] * info[:, 2]], 1)

@@ -132,7 +132,8 @@ def roi_align(feature: tf.Tensor, boxes: tf.Tensor, box_indices: tf.Tensor, stri
     `box_indices` [K]: each of the output_size^2 bins averages sampling_ratio^2 bilinear samples
     taken at sub-bin centres. Returns [K, output_size, output_size, C]."""
     samples = output_size * sampling_ratio
-    padded = pad_edges(feature)
+    # sampled in float32 (crop_and_resize has no bfloat16 kernel; its output is float32)
+    padded = pad_edges(tf.cast(feature, tf.float32))
     crop_boxes = aligned_crop_boxes(boxes, stride, tf.shape(padded), samples, offset=1.0)
     crops = tf.image.crop_and_resize(padded, crop_boxes, box_indices, [samples, samples])
     if sampling_ratio > 1:

@@ -41,7 +41,9 @@ class RPNHead(keras.layers.Layer):
             batch = tf.shape(feature)[0]
             logits.append(tf.reshape(self.class_raw(shared), [batch, -1, 2]))
             deltas.append(tf.reshape(self.bbox_pred(shared), [batch, -1, 4]))
-        return tf.concat(logits, axis=1), tf.concat(deltas, axis=1)
+        # float32 whatever the layers compute in: the losses, box decoding and NMS need it
+        return (tf.cast(tf.concat(logits, axis=1), tf.float32),
+                tf.cast(tf.concat(deltas, axis=1), tf.float32))
 
 
 def random_subset(candidates: tf.Tensor, max_count: int, limit: tf.Tensor | None = None,

@@ -81,6 +81,14 @@ class TrainState:
         )
 
 
+def _loss_scale_count(optimizer: Any) -> int:
+    """How many of ``optimizer.variables`` (the first ones) are a LossScaleOptimizer's own
+    (its step counter and loss scale); 0 for an optimizer without loss scaling."""
+    if getattr(optimizer, "inner_optimizer", None) is None:
+        return 0
+    return len(optimizer.variables) - len(optimizer.inner_optimizer.variables)
+
+
 def save_optimizer_variables(optimizer: Any, path: str) -> None:
     arrays = {}
     names = []
@@ -88,21 +96,30 @@ def save_optimizer_variables(optimizer: Any, path: str) -> None:
         arrays[f"v{i}"] = np.asarray(variable.numpy())
         names.append(getattr(variable, "path", None) or variable.name)
     arrays["__names__"] = np.asarray(names, dtype=np.str_)
+    arrays["__loss_scale_count__"] = np.asarray(_loss_scale_count(optimizer))
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
 
 
 def load_optimizer_variables(optimizer: Any, path: str) -> None:
     """Assign every optimizer variable exactly; any mismatch is an error (Keras' own
-    ``load_own_variables`` only warns and skips)."""
+    ``load_own_variables`` only warns and skips). A run resumed in another precision
+    (float16's loss scaling on or off) keeps the SGD state and starts a fresh loss scale."""
     with np.load(path, allow_pickle=False) as data:
         names = list(data["__names__"])
-        variables = list(optimizer.variables)
-        if len(names) != len(variables):
-            raise CheckpointError(
-                f"optimizer state has {len(names)} variables, the optimizer has "
-                f"{len(variables)} (different model or layers?)")
-        values = [data[f"v{i}"] for i in range(len(variables))]
+        saved_own = int(data["__loss_scale_count__"]) if "__loss_scale_count__" in data else 0
+        values = [data[f"v{i}"] for i in range(len(names))]
+    variables = list(optimizer.variables)
+    own = _loss_scale_count(optimizer)
+    if saved_own != own:
+        log.warning("%s: saved %s loss scaling, resumed %s: the SGD state is restored, the "
+                    "loss scale starts afresh", path, "with" if saved_own else "without",
+                    "with" if own else "without")
+        names, values, variables = names[saved_own:], values[saved_own:], variables[own:]
+    if len(names) != len(variables):
+        raise CheckpointError(
+            f"optimizer state has {len(names)} variables, the optimizer has "
+            f"{len(variables)} (different model or layers?)")
     for variable, value, name in zip(variables, values, names):
         if tuple(variable.shape) != tuple(value.shape):
             raise CheckpointError(

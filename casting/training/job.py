@@ -109,6 +109,12 @@ def _folders_and_strategy(job: Job, env) -> dict[str, Any]:
     job.from_scratch = str(job.spec).lower() == "none"
     # From random weights GroupNorm trains (docs/quality.md); pretrained weights are BatchNorm's.
     overrides.setdefault("norm", "group" if job.from_scratch else "batch")
+    # --precision (auto by default) unless only --config names one
+    if "precision" in hp.given or "precision" not in overrides:
+        from casting.precision import resolve
+
+        overrides["precision"], why = resolve(hp.precision)
+        print(f"Precision: {overrides['precision']} ({why})", flush=True)
     base = Config()
     overrides.setdefault("seed", int(overrides.get("seed", base.seed)))
     overrides.setdefault("image_size", base.image_size)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from casting.precision import wrap_optimizer
 from casting.schedule import Plan
 
 
 def make_optimizer(config: Any, plan: Plan, decoupled_weight_decay: bool = True):
-    """SGD + momentum, global-norm clipping, and the plan's warm-up/stage learning rate.
+    """SGD + momentum, global-norm clipping, and the plan's warm-up/stage learning rate;
+    inside a LossScaleOptimizer when ``config.precision`` is ``mixed_float16``.
 
     With ``decoupled_weight_decay`` the optimizer applies ``config.weight_decay`` (not to
     biases or normalisation parameters). Pass False for a model that already adds an L2
@@ -27,7 +29,8 @@ def make_optimizer(config: Any, plan: Plan, decoupled_weight_decay: bool = True)
     if decay:
         optimizer.exclude_from_weight_decay(
             var_names=["bias", "gamma", "beta", "moving_mean", "moving_variance"])
-    return optimizer
+    # float16: dynamic loss scaling around it (its scale is checkpointed with the rest)
+    return wrap_optimizer(optimizer, getattr(config, "precision", "float32"))
 
 
 def set_layers(model: Any, layers: str) -> None:

@@ -72,7 +72,7 @@ def load_model_weights(
         raise WeightsError(f"{weights_path}: loading by layer name needs {config_path}")
     from casting.model import MaskRCNN
 
-    source = MaskRCNN(file_config)
+    source = MaskRCNN(file_config.replace(precision="float32"))  # only read from
     _ensure_built(source)
     try:
         source.load_weights(weights_path)
