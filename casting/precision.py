@@ -99,13 +99,6 @@ def loss_scale(optimizer: Any):
     return None if scale is None else scale.value
 
 
-def float32(x):
-    """A float tensor in float32 (heads' outputs before the losses, boxes and NMS)."""
-    import tensorflow as tf
-
-    return x if x.dtype == tf.float32 else tf.cast(x, tf.float32)
-
-
 def scaled_step_logs(grad_norm, scale):
     """(grad_norm, loss scale) as a loss-scaled training step logs them.
 

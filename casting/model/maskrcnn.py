@@ -293,6 +293,7 @@ class MaskRCNN(keras.Model):
             [(g, v) for g, v in zip(grads, variables) if g is not None])
         if scale is None:
             return self._log(losses, total, grad_norm)
+        # the scale after the step: halved when this step overflowed and was skipped
         return self._log(losses, total, *scaled_step_logs(grad_norm, loss_scale(self.optimizer)))
 
     def test_step(self, data):
